@@ -1,0 +1,94 @@
+#include "rans_format.h"
+
+#include <array>
+
+namespace lickd {
+
+namespace {
+
+std::array<uint16_t, 256> make_crc16_table() {
+  std::array<uint16_t, 256> t{};
+  for (int i = 0; i < 256; ++i) {
+    uint16_t c = uint16_t(i << 8);
+    for (int k = 0; k < 8; ++k) c = (c & 0x8000) ? uint16_t((c << 1) ^ 0x1021) : uint16_t(c << 1);
+    t[i] = c;
+  }
+  return t;
+}
+
+std::array<uint32_t, 256> make_crc32_table() {
+  std::array<uint32_t, 256> t{};
+  for (uint32_t i = 0; i < 256; ++i) {
+    uint32_t c = i;
+    for (int k = 0; k < 8; ++k) c = (c & 1) ? (0xEDB88320u ^ (c >> 1)) : (c >> 1);
+    t[i] = c;
+  }
+  return t;
+}
+
+const std::array<uint16_t, 256> kCrc16Table = make_crc16_table();
+const std::array<uint32_t, 256> kCrc32Table = make_crc32_table();
+
+}  // namespace
+
+uint16_t crc16_update(uint16_t crc, const uint8_t* data, size_t n) {
+  for (size_t i = 0; i < n; ++i) crc = uint16_t((crc << 8) ^ kCrc16Table[((crc >> 8) ^ data[i]) & 0xFF]);
+  return crc;
+}
+
+uint32_t crc32_update(uint32_t crc, const uint8_t* data, size_t n) {
+  crc = ~crc;
+  for (size_t i = 0; i < n; ++i) crc = kCrc32Table[(crc ^ data[i]) & 0xFF] ^ (crc >> 8);
+  return ~crc;
+}
+
+void write_header(ByteWriter& w, const StreamHeader& h) {
+  w.u16(kStreamMagic);
+  w.u8(kStreamVersion);
+  w.u8(uint8_t((h.precision - kMinPrecision) | (h.log2_lanes << 3)));
+  w.varint(h.n_symbols);
+  w.varint(h.n_chunks);
+  w.u32(h.table_hash);
+  for (uint64_t b : h.chunk_bytes) w.varint(b);
+}
+
+StreamHeader read_header(const uint8_t* data, size_t size) {
+  ByteReader r(data, size);
+  StreamHeader h;
+  if (r.u16("magic") != kStreamMagic) throw StreamError("not a lickd rANS stream (bad magic)");
+  uint8_t version = r.u8("version");
+  if (version != kStreamVersion)
+    throw StreamError("unsupported rANS stream version " + std::to_string(version));
+  uint8_t flags = r.u8("flags");
+  if (flags & 0xC0) throw StreamError("reserved stream flags are set");
+  h.precision = kMinPrecision + (flags & 7);
+  h.log2_lanes = (flags >> 3) & 7;
+  if (h.precision > kMaxPrecision) throw StreamError("invalid CDF precision in stream header");
+  if (h.log2_lanes > kMaxLog2Lanes) throw StreamError("invalid lane count in stream header");
+  h.n_symbols = r.varint("symbol count");
+  h.n_chunks = r.varint("chunk count");
+  h.table_hash = r.u32("table hash");
+  if ((h.n_symbols == 0) != (h.n_chunks == 0) || h.n_chunks > h.n_symbols)
+    throw StreamError("inconsistent symbol and chunk counts in stream header");
+  // Each directory entry takes at least one byte: reject counts the stream cannot hold
+  // before allocating anything.
+  if (h.n_chunks > r.remaining()) throw StreamError("truncated stream (chunk directory)");
+  if (h.n_chunks) {
+    uint64_t per = h.symbols_per_chunk();
+    if ((h.n_chunks - 1) * per >= h.n_symbols) throw StreamError("empty chunk in stream header");
+  }
+  h.chunk_bytes.resize(h.n_chunks);
+  uint64_t total = 0;
+  for (auto& b : h.chunk_bytes) {
+    b = r.varint("chunk directory");
+    if (b > size) throw StreamError("chunk size exceeds stream size");
+    total += b;
+  }
+  h.payload_offset = size - r.remaining();
+  if (total != r.remaining())
+    throw StreamError(total > r.remaining() ? "truncated stream (chunk payloads)"
+                                            : "trailing bytes after the last chunk");
+  return h;
+}
+
+}  // namespace lickd

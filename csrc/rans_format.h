@@ -1,0 +1,143 @@
+// lickd rANS stream format, version 1: constants and byte-level helpers shared by
+// the CPU coder (rans_cpu.cpp) and any other backend that must produce the same bytes.
+//
+// Coding core (see ../shared/design/rans.md §5): 32-bit state, L = 2^16, 16-bit
+// renormalisation words, CDF precision P in [12, 16]. A stream codes N symbols split into
+// n_chunks chunks of equal symbol count; inside a chunk, symbol j goes to lane j % K at step
+// j / K. All integers are little-endian.
+//
+//   u16  magic = 0x4B72 ("rK")          u8 version = 1
+//   u8   flags: bits 0-2 = P - 12, bits 3-5 = log2(K), bits 6-7 = 0
+//   varint n_symbols, varint n_chunks   (n_chunks == 0 iff n_symbols == 0)
+//   u32  table_hash                    (CRC32 of the packed CDF tables: detects a model mismatch)
+//   n_chunks x varint chunk_bytes      (directory: the offset of every chunk is a prefix sum)
+//   chunk payloads, each:
+//     varint n_escapes; if n_escapes > 0: u8 width (1..64), ceil(n_escapes*width/8) bytes of
+//       escape values packed LSB-first, in symbol order
+//     K x u32 lane states              (the encoder's final states = the decoder's initial ones)
+//     u16 words                        (decoder-forward order; within a step, ascending lanes)
+//
+// Every lane starts encoding at x0 = L + crc16(its symbols), so the decoder verifies each lane's
+// final state and that every word of the chunk was consumed: a desync or corruption is an error.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace lickd {
+
+constexpr uint16_t kStreamMagic = 0x4B72;
+constexpr uint8_t kStreamVersion = 1;
+constexpr uint32_t kRansL = 1u << 16;  // lower bound of the normalised state interval
+constexpr int kWordBits = 16;
+constexpr int kMinPrecision = 12;
+constexpr int kMaxPrecision = 16;
+constexpr int kMaxLog2Lanes = 5;  // K <= 32: a warp per chunk on the GPU
+
+// Raised for anything wrong with a stream; Python sees it as lickd.StreamError (ValueError).
+struct StreamError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// ---------------------------------------------------------------- checksums
+uint16_t crc16_update(uint16_t crc, const uint8_t* data, size_t n);  // CRC-16/CCITT-FALSE
+uint32_t crc32_update(uint32_t crc, const uint8_t* data, size_t n);  // zlib's CRC-32
+
+inline uint16_t crc16_add_i32(uint16_t crc, int32_t v) {
+  uint8_t b[4] = {uint8_t(v), uint8_t(v >> 8), uint8_t(v >> 16), uint8_t(uint32_t(v) >> 24)};
+  return crc16_update(crc, b, 4);
+}
+constexpr uint16_t kCrc16Init = 0xFFFF;
+
+// ---------------------------------------------------------------- writer
+class ByteWriter {
+ public:
+  std::vector<uint8_t> buf;
+  void u8(uint8_t v) { buf.push_back(v); }
+  void u16(uint16_t v) {
+    buf.push_back(uint8_t(v));
+    buf.push_back(uint8_t(v >> 8));
+  }
+  void u32(uint32_t v) {
+    for (int i = 0; i < 4; ++i) buf.push_back(uint8_t(v >> (8 * i)));
+  }
+  void varint(uint64_t v) {
+    while (v >= 0x80) {
+      buf.push_back(uint8_t(v) | 0x80);
+      v >>= 7;
+    }
+    buf.push_back(uint8_t(v));
+  }
+  void bytes(const uint8_t* p, size_t n) { buf.insert(buf.end(), p, p + n); }
+};
+
+// ---------------------------------------------------------------- bounds-checked reader
+class ByteReader {
+ public:
+  ByteReader(const uint8_t* p, size_t n) : p_(p), end_(p + n) {}
+  size_t remaining() const { return size_t(end_ - p_); }
+  const uint8_t* pos() const { return p_; }
+  void need(size_t n, const char* what) const {
+    if (remaining() < n) throw StreamError(std::string("truncated stream (") + what + ")");
+  }
+  uint8_t u8(const char* what) {
+    need(1, what);
+    return *p_++;
+  }
+  uint16_t u16(const char* what) {
+    need(2, what);
+    uint16_t v = uint16_t(p_[0] | (p_[1] << 8));
+    p_ += 2;
+    return v;
+  }
+  uint32_t u32(const char* what) {
+    need(4, what);
+    uint32_t v = uint32_t(p_[0]) | (uint32_t(p_[1]) << 8) | (uint32_t(p_[2]) << 16) |
+                 (uint32_t(p_[3]) << 24);
+    p_ += 4;
+    return v;
+  }
+  uint64_t varint(const char* what) {
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      uint8_t b = u8(what);
+      v |= uint64_t(b & 0x7F) << shift;
+      if (!(b & 0x80)) return v;
+    }
+    throw StreamError(std::string("malformed varint (") + what + ")");
+  }
+  void skip(size_t n, const char* what) {
+    need(n, what);
+    p_ += n;
+  }
+
+ private:
+  const uint8_t* p_;
+  const uint8_t* end_;
+};
+
+// ---------------------------------------------------------------- stream header
+struct StreamHeader {
+  int precision = 15;
+  int log2_lanes = 5;
+  uint64_t n_symbols = 0;
+  uint64_t n_chunks = 0;
+  uint32_t table_hash = 0;
+  std::vector<uint64_t> chunk_bytes;  // directory
+  size_t payload_offset = 0;          // where chunk 0 starts in the stream
+
+  int lanes() const { return 1 << log2_lanes; }
+  // Chunk c codes symbols [c * per, min(n, (c + 1) * per)).
+  uint64_t symbols_per_chunk() const {
+    return n_chunks ? (n_symbols + n_chunks - 1) / n_chunks : 0;
+  }
+};
+
+void write_header(ByteWriter& w, const StreamHeader& h);
+// Parses and validates the header and directory against the stream length.
+StreamHeader read_header(const uint8_t* data, size_t size);
+
+}  // namespace lickd

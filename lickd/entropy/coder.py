@@ -1,0 +1,66 @@
+"""The entropy coder: packed CDF tables and the rANS encode/decode of symbol tensors.
+
+Thin layer over the C++ extension ``lickd._rans`` (stream format in csrc/rans_format.h):
+tensors go in and out without Python lists, and the GIL is released while coding.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import _rans
+from ..errors import CorruptFileError
+
+StreamError = _rans.StreamError
+
+#: Name and version recorded in .lkd headers for streams of this coder.
+CODER_ID = f"rans32x16-v{_rans.STREAM_VERSION}"
+
+
+def _int32_numpy(t: Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(t, Tensor):
+        t = t.detach().to(device="cpu", dtype=torch.int32).reshape(-1).numpy()
+    return np.ascontiguousarray(t, dtype=np.int32).reshape(-1)
+
+
+class TableSet:
+    """Validated, packed CDF tables (CompressAI layout) ready for coding.
+
+    Built once per entropy model; the CRC32 ``hash`` goes into every stream so that decoding
+    with other tables fails loudly instead of returning garbage.
+    """
+
+    def __init__(self, cdf: Tensor, cdf_length: Tensor, offset: Tensor, precision: int):
+        cdf_np = np.ascontiguousarray(cdf.detach().to(device="cpu", dtype=torch.int32).numpy())
+        self._impl = _rans.TableSet(cdf_np, _int32_numpy(cdf_length), _int32_numpy(offset), int(precision))
+        self.precision = int(precision)
+        self.hash = int(self._impl.hash)
+        self.n_tables = int(self._impl.n_tables)
+
+    def encode(self, symbols: Tensor, indexes: Tensor, *, lanes: int = 0, chunks: int = 0,
+               max_overhead: float = 0.0025, threads: int = 0) -> bytes:
+        """Codes ``symbols[i]`` with table ``indexes[i]`` (flattened, any int dtype)."""
+        if symbols.numel() != indexes.numel():
+            raise ValueError("symbols and indexes must have the same number of elements")
+        return _rans.encode(self._impl, _int32_numpy(symbols), _int32_numpy(indexes),
+                            lanes=lanes, chunks=chunks, max_overhead=max_overhead, threads=threads)
+
+    def decode(self, data: bytes, indexes: Tensor, *, threads: int = 0) -> Tensor:
+        """Decodes one symbol per element of ``indexes``; returns int32 of the same shape (CPU).
+
+        Raises CorruptFileError when the stream is corrupt, truncated or coded with other tables.
+        """
+        try:
+            out = _rans.decode(self._impl, data, _int32_numpy(indexes), threads=threads)
+        except StreamError as e:
+            raise CorruptFileError(str(e)) from None
+        return torch.from_numpy(out).reshape(indexes.shape)
+
+
+def stream_info(data: bytes) -> dict:
+    """Header fields of a coded stream (precision, lanes, chunks, sizes)."""
+    try:
+        return _rans.stream_info(bytes(data))
+    except StreamError as e:
+        raise CorruptFileError(str(e)) from None

@@ -1,0 +1,115 @@
+"""Image <-> tensor conversion and padding for the codec.
+
+Accepted inputs: a PIL image, a uint8 numpy array (H x W or H x W x 3) or a float tensor
+(3 x H x W or 1 x 3 x H x W, values in [0, 1]). Greyscale, palette, bilevel and CMYK images are
+converted to RGB with a warning; alpha channels and 16-bit or float images are refused with a
+clear error, never silently truncated.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Literal, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from .errors import ImageFormatError
+
+ImageLike = Union[Image.Image, np.ndarray, Tensor]
+OutputKind = Literal["pil", "numpy", "tensor"]
+
+_CONVERTIBLE = {"L": "greyscale", "P": "palette", "1": "bilevel", "CMYK": "CMYK", "YCbCr": "YCbCr",
+                "LAB": "Lab", "HSV": "HSV"}
+_ALPHA = {"RGBA", "LA", "PA", "RGBa", "La"}
+
+
+def _pil_to_array(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode in _ALPHA or (mode == "P" and "transparency" in img.info):
+        raise ImageFormatError(
+            f"image has an alpha channel (mode {mode}); lickd codes RGB only: flatten it first, "
+            "e.g. Image.alpha_composite onto a background, then convert('RGB')")
+    if mode.startswith("I") or mode == "F":
+        raise ImageFormatError(
+            f"image is {'16-bit' if mode.startswith('I;16') or mode == 'I' else 'floating-point'} (mode {mode}); "
+            "lickd codes 8-bit RGB: convert it to 8 bits first")
+    if mode != "RGB":
+        if mode not in _CONVERTIBLE:
+            raise ImageFormatError(f"unsupported image mode {mode}")
+        warnings.warn(f"converting {_CONVERTIBLE[mode]} image (mode {mode}) to RGB", stacklevel=3)
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def to_tensor(image: ImageLike) -> tuple[Tensor, OutputKind]:
+    """Float tensor [1, 3, H, W] in [0, 1] and the kind of the input (to return the same kind)."""
+    if isinstance(image, Image.Image):
+        arr, kind = _pil_to_array(image), "pil"
+    elif isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise ImageFormatError(f"numpy images must be uint8 (got {image.dtype}); 16-bit input is not supported")
+        arr, kind = image, "numpy"
+        if arr.ndim == 3 and arr.shape[2] == 1:
+            arr = arr[:, :, 0]
+        if arr.ndim == 2:
+            warnings.warn("converting greyscale image to RGB", stacklevel=2)
+            arr = np.repeat(arr[:, :, None], 3, axis=2)
+        if arr.ndim != 3 or arr.shape[2] != 3:
+            raise ImageFormatError(f"numpy images must be H x W or H x W x 3 (got shape {image.shape}); "
+                                   "alpha channels are not supported")
+    elif isinstance(image, Tensor):
+        if not image.is_floating_point():
+            raise ImageFormatError(f"tensor images must be floating point in [0, 1] (got {image.dtype})")
+        x = image if image.dim() == 4 else image.unsqueeze(0)
+        if x.dim() != 4 or x.size(0) != 1 or x.size(1) != 3:
+            raise ImageFormatError(f"tensor images must be 3 x H x W or 1 x 3 x H x W (got {tuple(image.shape)})")
+        if not bool(torch.isfinite(x).all()):
+            raise ImageFormatError("tensor image contains NaN or infinity")
+        _check_size(x.size(2), x.size(3))
+        return x.float().clamp(0, 1), "tensor"
+    else:
+        raise ImageFormatError(f"unsupported image type {type(image).__name__}")
+    _check_size(arr.shape[0], arr.shape[1])
+    x = torch.tensor(arr, dtype=torch.uint8).permute(2, 0, 1).unsqueeze(0)
+    return x.float().div_(255.0), kind
+
+
+def _check_size(height: int, width: int) -> None:
+    if height < 1 or width < 1:
+        raise ImageFormatError(f"empty image ({width}x{height})")
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """[1, 3, H, W] float in [0, 1] -> [H, W, 3] uint8 (rounded), on the CPU."""
+    return x[0].clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).contiguous().cpu()
+
+
+def from_tensor(x: Tensor, kind: OutputKind = "pil") -> ImageLike:
+    """Converts a decoded [1, 3, H, W] tensor to ``kind``; pixels are rounded to 8 bits for every
+    kind, so all three carry the same image."""
+    pixels = to_uint8(x)
+    if kind == "tensor":
+        return pixels.permute(2, 0, 1).float().div_(255.0)
+    if kind == "numpy":
+        return pixels.numpy()
+    if kind == "pil":
+        return Image.fromarray(pixels.numpy(), "RGB")
+    raise ValueError(f"unknown output kind {kind!r}")
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Pads H and W up to a multiple by replicating the last row/column (no seam to code)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x
+    return F.pad(x, (0, pw, 0, ph), mode="replicate")
+
+
+def psnr(a: Tensor, b: Tensor, max_value: float = 1.0) -> float:
+    """PSNR in dB between two images of the same shape (inf when identical)."""
+    mse = torch.mean((a.double() - b.double()) ** 2).item()
+    return float("inf") if mse == 0 else 10 * np.log10(max_value**2 / mse)

@@ -1,0 +1,75 @@
+"""Base class of the compression models and the architecture registry."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch.nn as nn
+from torch import Tensor
+
+from ..entropy import EntropyBottleneck, GaussianConditional, get_scale_table
+
+#: architecture name (CompressAI's zoo key) -> model class
+ARCHITECTURES: dict[str, type["CompressionModel"]] = {}
+
+
+def register_architecture(name: str):
+    def wrap(cls):
+        cls.architecture = name
+        ARCHITECTURES[name] = cls
+        return cls
+    return wrap
+
+
+class CompressionModel(nn.Module):
+    """An auto-encoder with EntropyBottleneck and/or GaussianConditional entropy models.
+
+    Subclasses follow CompressAI's contract: ``forward(x) -> {"x_hat", "likelihoods"}``,
+    ``compress(x) -> {"strings", "shape"}``, ``decompress(strings, shape) -> {"x_hat"}``,
+    plus ``decode_latents(strings, shape)`` that returns the quantised latents by name.
+    """
+
+    architecture: str = ""
+    #: names of the coded latents, in the order of ``compress()["strings"]``
+    latent_names: tuple[str, ...] = ()
+    N: int
+    M: int
+
+    @property
+    def downsampling_factor(self) -> int:
+        raise NotImplementedError
+
+    def update(self, scale_table: Optional[Tensor] = None, force: bool = False,
+               update_quantiles: bool = False) -> bool:
+        """Builds the CDF tables of every entropy model; needed once after training."""
+        if scale_table is None:
+            scale_table = get_scale_table()
+        updated = False
+        for module in self.modules():
+            if isinstance(module, EntropyBottleneck):
+                updated |= module.update(force=force, update_quantiles=update_quantiles)
+            if isinstance(module, GaussianConditional):
+                updated |= module.update_scale_table(scale_table, force=force)
+        return updated
+
+    def aux_loss(self) -> Tensor:
+        """Sum of the EntropyBottleneck quantile losses (optimised by the aux optimiser)."""
+        return sum(m.loss() for m in self.modules() if isinstance(m, EntropyBottleneck))
+
+    @classmethod
+    def from_state_dict(cls, state_dict: dict) -> "CompressionModel":
+        """Builds the model with N and M read from the tensor shapes, then loads the weights."""
+        net = cls(**cls.widths_from_state_dict(state_dict))
+        net.load_state_dict(state_dict)
+        return net
+
+    @staticmethod
+    def widths_from_state_dict(state_dict: dict) -> dict[str, int]:
+        return {"N": int(state_dict["g_a.0.weight"].size(0)), "M": int(state_dict["g_a.6.weight"].size(0))}
+
+    def latent_shapes(self, height: int, width: int) -> dict[str, tuple[int, int, int]]:
+        """(C, H, W) of each coded latent for a padded input of ``height`` x ``width``."""
+        raise NotImplementedError
+
+    def decompress(self, strings: list, shape) -> dict:
+        y_hat = self.decode_latents(strings, shape)["y"]
+        return {"x_hat": self.g_s(y_hat).clamp_(0, 1)}

@@ -1,0 +1,152 @@
+"""Ballé-family models: bmshj2018-factorized, bmshj2018-hyperprior, mbt2018-mean.
+
+Module structure and ``state_dict`` keys are CompressAI's (``g_a.0.weight``, ``g_a.1.beta``,
+``entropy_bottleneck.quantiles``...), so its checkpoints load unchanged, for any N and M (the
+teachers at CompressAI's widths, the students at fewer channels). The transforms are plain
+``nn.Sequential``s of conv/GDN layers: ``lickd.kernels`` swaps fused blocks in without
+touching these classes.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..entropy import EntropyBottleneck, GaussianConditional
+from ..layers import GDN, conv, deconv
+from .base import CompressionModel, register_architecture
+
+
+def analysis_transform(N: int, M: int) -> nn.Sequential:
+    return nn.Sequential(conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M))
+
+
+def synthesis_transform(N: int, M: int) -> nn.Sequential:
+    return nn.Sequential(
+        deconv(M, N), GDN(N, inverse=True), deconv(N, N), GDN(N, inverse=True),
+        deconv(N, N), GDN(N, inverse=True), deconv(N, 3),
+    )
+
+
+@register_architecture("bmshj2018-factorized")
+class FactorizedPrior(CompressionModel):
+    """Ballé et al. 2018, factorised prior: x -> g_a -> y -> EntropyBottleneck -> g_s."""
+
+    latent_names = ("y",)
+
+    def __init__(self, N: int, M: int):
+        super().__init__()
+        self.N, self.M = int(N), int(M)
+        self.entropy_bottleneck = EntropyBottleneck(M)
+        self.g_a = analysis_transform(N, M)
+        self.g_s = synthesis_transform(N, M)
+
+    @property
+    def downsampling_factor(self) -> int:
+        return 2**4
+
+    def latent_shapes(self, height, width):
+        f = self.downsampling_factor
+        return {"y": (self.M, height // f, width // f)}
+
+    def forward(self, x):
+        y = self.g_a(x)
+        y_hat, y_likelihoods = self.entropy_bottleneck(y)
+        return {"x_hat": self.g_s(y_hat), "likelihoods": {"y": y_likelihoods}}
+
+    def compress(self, x, **coder_options):
+        y = self.g_a(x)
+        return {"strings": [self.entropy_bottleneck.compress(y, **coder_options)], "shape": y.size()[-2:]}
+
+    def decode_latents(self, strings, shape):
+        if not isinstance(strings, (list, tuple)) or len(strings) != 1:
+            raise ValueError("FactorizedPrior expects [y_strings]")
+        return {"y": self.entropy_bottleneck.decompress(strings[0], shape)}
+
+
+@register_architecture("bmshj2018-hyperprior")
+class ScaleHyperprior(CompressionModel):
+    """Ballé et al. 2018, scale hyperprior: z = h_a(|y|) codes the scales of a Gaussian on y."""
+
+    latent_names = ("y", "z")
+
+    def __init__(self, N: int, M: int):
+        super().__init__()
+        self.N, self.M = int(N), int(M)
+        self.entropy_bottleneck = EntropyBottleneck(N)
+        self.g_a = analysis_transform(N, M)
+        self.g_s = synthesis_transform(N, M)
+        self.h_a = nn.Sequential(
+            conv(M, N, stride=1, kernel_size=3), nn.ReLU(inplace=True),
+            conv(N, N), nn.ReLU(inplace=True), conv(N, N),
+        )
+        self.h_s = nn.Sequential(
+            deconv(N, N), nn.ReLU(inplace=True), deconv(N, N), nn.ReLU(inplace=True),
+            conv(N, M, stride=1, kernel_size=3), nn.ReLU(inplace=True),
+        )
+        self.gaussian_conditional = GaussianConditional(None)
+
+    @property
+    def downsampling_factor(self) -> int:
+        return 2 ** (4 + 2)
+
+    def latent_shapes(self, height, width):
+        return {"y": (self.M, height // 16, width // 16), "z": (self.N, height // 64, width // 64)}
+
+    def _hyper_analysis(self, y):
+        return self.h_a(torch.abs(y))
+
+    def _gaussian_params(self, z_hat):
+        """(scales, means) of the Gaussian on y; means is None for the zero-mean model."""
+        return self.h_s(z_hat), None
+
+    def forward(self, x):
+        y = self.g_a(x)
+        z = self._hyper_analysis(y)
+        z_hat, z_likelihoods = self.entropy_bottleneck(z)
+        scales_hat, means_hat = self._gaussian_params(z_hat)
+        y_hat, y_likelihoods = self.gaussian_conditional(y, scales_hat, means=means_hat)
+        return {"x_hat": self.g_s(y_hat), "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+
+    def compress(self, x, **coder_options):
+        y = self.g_a(x)
+        z = self._hyper_analysis(y)
+        z_strings = self.entropy_bottleneck.compress(z, **coder_options)
+        # The decoder's z_hat, computed without decoding: round(z - median) + median.
+        z_hat = self.entropy_bottleneck.quantize(
+            z, "dequantize", self.entropy_bottleneck.expanded_medians(z.size(0), 2))
+        scales_hat, means_hat = self._gaussian_params(z_hat)
+        indexes = self.gaussian_conditional.build_indexes(scales_hat)
+        y_strings = self.gaussian_conditional.compress(y, indexes, means=means_hat, **coder_options)
+        return {"strings": [y_strings, z_strings], "shape": z.size()[-2:]}
+
+    def decode_latents(self, strings, shape):
+        if not isinstance(strings, (list, tuple)) or len(strings) != 2:
+            raise ValueError(f"{type(self).__name__} expects [y_strings, z_strings]")
+        z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
+        scales_hat, means_hat = self._gaussian_params(z_hat)
+        indexes = self.gaussian_conditional.build_indexes(scales_hat)
+        y_hat = self.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype, means=means_hat)
+        return {"y": y_hat, "z": z_hat}
+
+
+@register_architecture("mbt2018-mean")
+class MeanScaleHyperprior(ScaleHyperprior):
+    """Minnen et al. 2018 without the context model: the hyperprior predicts means and scales."""
+
+    def __init__(self, N: int, M: int):
+        super().__init__(N, M)
+        self.h_a = nn.Sequential(
+            conv(M, N, stride=1, kernel_size=3), nn.LeakyReLU(inplace=True),
+            conv(N, N), nn.LeakyReLU(inplace=True), conv(N, N),
+        )
+        self.h_s = nn.Sequential(
+            deconv(N, M), nn.LeakyReLU(inplace=True), deconv(M, M * 3 // 2), nn.LeakyReLU(inplace=True),
+            conv(M * 3 // 2, M * 2, stride=1, kernel_size=3),
+        )
+
+    def _hyper_analysis(self, y):
+        return self.h_a(y)
+
+    def _gaussian_params(self, z_hat):
+        scales_hat, means_hat = self.h_s(z_hat).chunk(2, 1)
+        return scales_hat, means_hat

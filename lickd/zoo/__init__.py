@@ -1,0 +1,164 @@
+"""Model weights: safetensors files (never pickles) and the registry of shipped models.
+
+A lickd weights file is a safetensors file whose metadata names the architecture, widths and
+training point (``quality``, ``lambda``, ``metric``), and which holds the model's complete
+``state_dict`` including the CDF tables, so decoding never rebuilds tables from floats.
+``registry.json`` beside this file lists the shipped files with their sha256; loading checks
+the hash, and nothing is ever downloaded.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import CorruptFileError, ModelNotFoundError
+from ..models import ARCHITECTURES, CompressionModel, build_model
+
+ZOO_DIR = Path(__file__).resolve().parent
+REGISTRY_PATH = ZOO_DIR / "registry.json"
+WEIGHTS_FORMAT = "lickd-weights-1"
+
+
+@dataclass
+class ModelInfo:
+    """What a weights file (or registry entry) says about its model."""
+
+    name: str
+    architecture: str
+    N: int
+    M: int
+    quality: Optional[int] = None
+    lmbda: Optional[float] = None
+    metric: str = "mse"
+    sha256: str = ""
+    path: Optional[Path] = None
+    description: str = ""
+
+    @property
+    def short_hash(self) -> str:
+        return self.sha256[:16]
+
+    def metadata(self) -> dict[str, str]:
+        meta = {"format": WEIGHTS_FORMAT, "name": self.name, "architecture": self.architecture,
+                "N": str(self.N), "M": str(self.M), "metric": self.metric, "description": self.description}
+        if self.quality is not None:
+            meta["quality"] = str(self.quality)
+        if self.lmbda is not None:
+            meta["lambda"] = repr(float(self.lmbda))
+        return meta
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], **extra) -> "ModelInfo":
+        if meta.get("format") != WEIGHTS_FORMAT:
+            raise CorruptFileError("not a lickd weights file (metadata 'format' missing or unknown)")
+        try:
+            return cls(name=meta["name"], architecture=meta["architecture"], N=int(meta["N"]), M=int(meta["M"]),
+                       quality=int(meta["quality"]) if "quality" in meta else None,
+                       lmbda=float(meta["lambda"]) if "lambda" in meta else None,
+                       metric=meta.get("metric", "mse"), description=meta.get("description", ""), **extra)
+        except (KeyError, ValueError) as e:
+            raise CorruptFileError(f"malformed weights metadata ({e})") from None
+
+
+def file_sha256(path: os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_weights(model: CompressionModel, path: os.PathLike, info: ModelInfo, half: bool = False) -> ModelInfo:
+    """Writes ``model`` (CDF tables included) as safetensors; returns ``info`` with the sha256.
+
+    ``half=True`` stores the float parameters in fp16 and rebuilds the CDF tables from the
+    rounded parameters, so the tables describe exactly the model that will be loaded.
+    """
+    model = copy.deepcopy(model).cpu().float()
+    if half:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(p.half().float())
+        model.update(force=True)
+    params = {n for n, _ in model.named_parameters()}
+    tensors = {}
+    for name, t in model.state_dict().items():
+        t = t.detach().contiguous()
+        tensors[name] = t.half() if half and name in params and t.is_floating_point() else t
+    info = copy.copy(info)
+    info.architecture, info.N, info.M = model.architecture, model.N, model.M
+    save_file(tensors, str(path), metadata=info.metadata())
+    info.sha256, info.path = file_sha256(path), Path(path)
+    return info
+
+
+def load_weights(path: os.PathLike, expected_sha256: Optional[str] = None,
+                 device: str | torch.device = "cpu") -> tuple[CompressionModel, ModelInfo]:
+    """Builds the model stored in a lickd safetensors file (no unpickling), in eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path}: no such weights file")
+    sha = file_sha256(path)
+    if expected_sha256 and sha != expected_sha256:
+        raise CorruptFileError(f"{path}: sha256 {sha[:16]}... does not match the registry ({expected_sha256[:16]}...)")
+    try:
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CorruptFileError(f"{path}: not a readable safetensors file ({e})") from None
+    info = ModelInfo.from_metadata(meta, sha256=sha, path=path)
+    if info.architecture not in ARCHITECTURES:
+        raise CorruptFileError(f"{path}: unknown architecture {info.architecture!r}")
+    model = build_model(info.architecture, info.N, info.M)
+    state = {k: v.float() if v.dtype == torch.float16 else v for k, v in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CorruptFileError(f"{path}: weights do not fit {info.architecture} N={info.N} M={info.M} ({e})") from None
+    return model.to(device).eval(), info
+
+
+def registry() -> list[ModelInfo]:
+    """The models shipped in this package (may be empty)."""
+    if not REGISTRY_PATH.is_file():
+        return []
+    entries = json.loads(REGISTRY_PATH.read_text()).get("models", [])
+    out = []
+    for e in entries:
+        out.append(ModelInfo(name=e["name"], architecture=e["architecture"], N=e["N"], M=e["M"],
+                             quality=e.get("quality"), lmbda=e.get("lambda"), metric=e.get("metric", "mse"),
+                             sha256=e["sha256"], path=ZOO_DIR / "weights" / e["file"],
+                             description=e.get("description", "")))
+    return out
+
+
+def find(name: Optional[str] = None, quality: Optional[int] = None, weights_hash: Optional[str] = None) -> ModelInfo:
+    """The registry entry matching a name (``name`` or ``name@hash``), quality and/or hash prefix."""
+    if name and "@" in name:
+        name, weights_hash = name.split("@", 1)
+    entries = registry()
+    if not entries:
+        raise ModelNotFoundError("no pretrained model ships with this lickd yet (the registry is empty); "
+                                 "pass a weights file with --weights / weights=")
+    matches = [e for e in entries
+               if (name is None or e.name == name) and (quality is None or e.quality == quality)
+               and (weights_hash is None or e.sha256.startswith(weights_hash))]
+    if not matches:
+        what = " ".join(x for x in (name and f"name={name}", quality is not None and f"quality={quality}",
+                                    weights_hash and f"weights={weights_hash}") if x)
+        raise ModelNotFoundError(f"no registered model with {what}; run 'lickd models' or pass --weights")
+    return matches[0]
+
+
+__all__ = ["ModelInfo", "file_sha256", "find", "load_weights", "registry", "save_weights"]

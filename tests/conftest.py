@@ -1,0 +1,58 @@
+"""Shared fixtures: the data folders beside the checkout, small models and their weights files."""
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from lickd import zoo
+from lickd.models import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LICKD_SHARED", ROOT.parent / "shared"))
+KODAK = SHARED / "data" / "kodak"
+
+# Small widths keep CPU tests fast; non-powers of two on purpose (student widths).
+SMALL = {"bmshj2018-factorized": (12, 20), "bmshj2018-hyperprior": (12, 20), "mbt2018-mean": (12, 20)}
+
+
+@pytest.fixture(scope="session")
+def kodak_dir() -> Path:
+    if not KODAK.is_dir():
+        pytest.skip(f"Kodak set not found at {KODAK} (set LICKD_SHARED)")
+    return KODAK
+
+
+def make_model(architecture: str, seed: int = 0):
+    """A small model whose transforms are randomised away from the init (so outputs are not
+    trivially symmetric), with its CDF tables built."""
+    torch.manual_seed(seed)
+    N, M = SMALL[architecture]
+    model = build_model(architecture, N, M)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("weight") and p.dim() == 4:
+                p.mul_(1 + 0.2 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def weights_files(tmp_path_factory) -> dict:
+    """One lickd weights file per architecture, written with save_weights (fp16)."""
+    out = tmp_path_factory.mktemp("weights")
+    files = {}
+    for arch in SMALL:
+        model = make_model(arch)
+        model.update(force=True)
+        info = zoo.ModelInfo(name=f"test-{arch}", architecture=arch, N=model.N, M=model.M,
+                             quality=3, lmbda=0.0067)
+        files[arch] = zoo.save_weights(model, out / f"{arch}.safetensors", info, half=True).path
+    return files
+
+
+@pytest.fixture(autouse=True)
+def _quiet_torch_warnings():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        yield

@@ -1,0 +1,229 @@
+"""StudentCodec and the .lkd container: exact latents, any size, input kinds, hostile files."""
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lickd import CorruptFileError, ImageFormatError, LickdError, ModelNotFoundError, StudentCodec, container, zoo  # noqa: F401
+from lickd.image import pad_to_multiple, to_tensor
+
+ARCHS = ["bmshj2018-factorized", "bmshj2018-hyperprior", "mbt2018-mean"]
+
+
+def random_image(h, w, rng=None):
+    rng = rng or np.random.default_rng()
+    # Smooth content plus noise: closer to a photo than white noise.
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = 127 + 80 * np.sin(xx[..., None] / 7.0 + np.arange(3)) * np.cos(yy[..., None] / 11.0)
+    return np.clip(base + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def codecs(weights_files):
+    return {arch: StudentCodec.from_file(path, device="cpu") for arch, path in weights_files.items()}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_decoded_latents_equal_encoder_latents(codecs, arch):
+    codec = codecs[arch]
+    model = codec.model
+    img = random_image(96, 160)
+    data = codec.compress(img)
+    f, latents = codec.decode_latents(data)
+    # The encoder's quantised latents, computed independently of the coder.
+    with torch.no_grad():
+        x = pad_to_multiple(to_tensor(img)[0], model.downsampling_factor)
+        y = model.g_a(x)
+        if "z" in model.latent_names:
+            z = model._hyper_analysis(y)
+            z_hat = model.entropy_bottleneck.quantize(z, "dequantize", model.entropy_bottleneck.expanded_medians(1, 2))
+            assert torch.equal(latents["z"], z_hat)
+            _, means = model._gaussian_params(z_hat)
+            y_hat = model.gaussian_conditional.quantize(y, "dequantize", means)
+        else:
+            y_hat = model.entropy_bottleneck.quantize(y, "dequantize", model.entropy_bottleneck.expanded_medians(1, 2))
+    assert torch.equal(latents["y"], y_hat)
+    # And the image is what the synthesis transform makes of them.
+    out = codec.decompress(data, output="tensor")
+    with torch.no_grad():
+        ref = model.g_s(y_hat).clamp(0, 1)[0, :, :96, :160]
+    assert torch.equal(out, torch.round(ref * 255) / 255)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (65, 33), (513, 769), (64, 64), (17, 200)])
+def test_any_size_round_trips_to_the_original_size(codecs, size):
+    h, w = size
+    codec = codecs["mbt2018-mean"]
+    img = random_image(h, w)
+    data = codec.compress(img)
+    f = container.parse(data)
+    assert (f.height, f.width) == (h, w)
+    out = codec.decompress(data, output="numpy")
+    assert out.shape == (h, w, 3) and out.dtype == np.uint8
+
+
+def test_input_kinds_give_the_same_file_and_output_kind(codecs):
+    codec = codecs["bmshj2018-hyperprior"]
+    arr = random_image(40, 50)
+    pil = Image.fromarray(arr)
+    tensor = torch.from_numpy(arr).permute(2, 0, 1).float() / 255
+    data = codec.compress(arr)
+    assert codec.compress(pil) == data
+    assert codec.compress(tensor) == data
+    assert codec.compress(tensor.unsqueeze(0)) == data
+    assert isinstance(codec.decompress(data), Image.Image)
+    assert codec.decompress(data, output="tensor").shape == (3, 40, 50)
+    as_np = codec.decompress(data, output="numpy")
+    assert np.array_equal(np.asarray(codec.decompress(data)), as_np)
+
+
+def test_greyscale_and_palette_convert_with_a_warning(codecs):
+    codec = codecs["bmshj2018-factorized"]
+    grey = Image.fromarray(random_image(30, 30)[:, :, 0], "L")
+    with pytest.warns(UserWarning, match="greyscale"):
+        data = codec.compress(grey)
+    assert codec.decompress(data).size == (30, 30)
+    palette = Image.fromarray(random_image(30, 30)).convert("P")
+    with pytest.warns(UserWarning, match="palette"):
+        codec.compress(palette)
+    with pytest.warns(UserWarning, match="greyscale"):
+        codec.compress(random_image(30, 30)[:, :, 0])
+
+
+def test_alpha_sixteen_bit_and_bad_inputs_are_clear_errors(codecs):
+    codec = codecs["bmshj2018-factorized"]
+    rgba = Image.fromarray(np.dstack([random_image(20, 20), np.full((20, 20), 255, np.uint8)]), "RGBA")
+    with pytest.raises(ImageFormatError, match="alpha"):
+        codec.compress(rgba)
+    with pytest.raises(ImageFormatError, match="16-bit"):
+        codec.compress(Image.fromarray(np.zeros((20, 20), np.uint16)))
+    with pytest.raises(ImageFormatError, match="uint8"):
+        codec.compress(np.zeros((20, 20, 3), np.uint16))
+    with pytest.raises(ImageFormatError, match="alpha"):
+        codec.compress(np.zeros((20, 20, 4), np.uint8))
+    with pytest.raises(ImageFormatError, match="NaN"):
+        codec.compress(torch.full((3, 8, 8), float("nan")))
+    with pytest.raises(ImageFormatError):
+        codec.compress(torch.zeros(3, 0, 8))
+    with pytest.raises(ImageFormatError):
+        codec.compress("not an image")
+
+
+def test_file_from_another_model_is_refused(codecs):
+    data = codecs["mbt2018-mean"].compress(random_image(20, 20))
+    with pytest.raises(LickdError, match="encoded with model"):
+        codecs["bmshj2018-hyperprior"].decompress(data)
+
+
+def test_kodak_round_trip(codecs, kodak_dir):
+    codec = codecs["mbt2018-mean"]
+    img = Image.open(kodak_dir / "kodim23.png")
+    data = codec.compress(img)
+    f = container.parse(data)
+    assert (f.width, f.height) == img.size
+    assert [s.shape for s in f.sections] == [(20, 32, 48), (12, 8, 12)]
+    assert codec.decompress(data).size == img.size
+
+
+# ---------------------------------------------------------------------------- hostile files
+@pytest.fixture(scope="module")
+def small_file(codecs):
+    return codecs["mbt2018-mean"].compress(random_image(24, 40))
+
+
+def test_every_flipped_byte_gives_a_clean_error(codecs, small_file):
+    codec = codecs["mbt2018-mean"]
+    rng = np.random.default_rng()
+    for pos in range(len(small_file)):
+        bad = bytearray(small_file)
+        bad[pos] ^= int(rng.integers(1, 256))
+        with pytest.raises(LickdError):
+            codec.decompress(bytes(bad))
+
+
+def test_every_truncation_gives_a_clean_error(codecs, small_file):
+    codec = codecs["mbt2018-mean"]
+    for n in range(len(small_file)):
+        with pytest.raises(CorruptFileError):
+            codec.decompress(small_file[:n])
+    with pytest.raises(CorruptFileError, match="trailing"):
+        codec.decompress(small_file + b"x")
+
+
+def _with_header(data: bytes, edit) -> bytes:
+    """Rewrites the JSON header of a valid file (with a valid CRC) through ``edit``."""
+    header_len = struct.unpack_from("<H", data, 6)[0]
+    h = json.loads(data[8:8 + header_len])
+    new = edit(h)
+    header = new if isinstance(new, bytes) else json.dumps(h if new is None else new).encode()
+    return data[:6] + struct.pack("<H", len(header)) + header + struct.pack("<I", zlib.crc32(header)) \
+        + data[8 + header_len + 4:]
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda h: h.update(size=[60000, 60000]), "exceeds"),
+    (lambda h: h.update(size=[2**40, 1]), "out of range"),
+    (lambda h: h.update(size=[-3, 5]), "out of range"),
+    (lambda h: h.update(size="big"), "size"),
+    (lambda h: h["latents"][0].update(bytes=2**62), "out of range"),
+    (lambda h: h["latents"][0].update(bytes=h["latents"][0]["bytes"] + 1), "truncated"),
+    (lambda h: h["latents"][0].update(shape=[10**9, 1, 1]), "shape"),
+    (lambda h: h["latents"][0].update(shape=[20, 9, 3]), "shape"),
+    (lambda h: h.update(latents=[h["latents"][0]] * 100), "latents"),
+    (lambda h: h.update(N=True), "N"),
+    (lambda h: h.__delitem__("model"), "model"),
+    (lambda h: h.update(coder="zstd"), "coded with"),
+    (lambda h: [], "object"),
+    (lambda h: b"[" * 60000, "JSON"),
+    (lambda h: b"\xff\xfe", "JSON"),
+])
+def test_hostile_headers_fail_fast(codecs, small_file, edit, match):
+    with pytest.raises(LickdError, match=match):
+        codecs["mbt2018-mean"].decompress(_with_header(small_file, edit))
+
+
+def test_bad_magic_version_and_flags(codecs, small_file):
+    codec = codecs["mbt2018-mean"]
+    with pytest.raises(CorruptFileError, match="magic"):
+        codec.decompress(b"\x89PNG" + small_file[4:])
+    with pytest.raises(CorruptFileError, match="version"):
+        codec.decompress(small_file[:4] + b"\x09" + small_file[5:])
+    with pytest.raises(CorruptFileError, match="flags"):
+        codec.decompress(small_file[:5] + b"\x01" + small_file[6:])
+
+
+# ---------------------------------------------------------------------------- weights
+def test_weights_are_safetensors_with_hash_and_fp16(weights_files):
+    path = weights_files["mbt2018-mean"]
+    model, info = zoo.load_weights(path)
+    assert info.sha256 == zoo.file_sha256(path) and info.architecture == "mbt2018-mean"
+    from safetensors.torch import load_file
+    raw = load_file(str(path))
+    assert raw["g_a.0.weight"].dtype == torch.float16
+    assert raw["gaussian_conditional._quantized_cdf"].dtype == torch.int32
+    with pytest.raises(CorruptFileError, match="sha256"):
+        zoo.load_weights(path, expected_sha256="0" * 64)
+
+
+def test_non_lickd_or_pickled_weights_are_refused(tmp_path):
+    pickled = tmp_path / "model.safetensors"
+    torch.save({"g_a.0.weight": torch.zeros(1)}, pickled)
+    with pytest.raises(CorruptFileError):
+        zoo.load_weights(pickled)
+    from safetensors.torch import save_file
+    plain = tmp_path / "plain.safetensors"
+    save_file({"x": torch.zeros(2)}, str(plain))
+    with pytest.raises(CorruptFileError, match="lickd weights"):
+        zoo.load_weights(plain)
+    with pytest.raises(ModelNotFoundError):
+        zoo.load_weights(tmp_path / "missing.safetensors")
+
+
+def test_from_pretrained_with_empty_registry_says_so(monkeypatch, tmp_path):
+    monkeypatch.setattr(zoo, "REGISTRY_PATH", tmp_path / "none.json")
+    with pytest.raises(ModelNotFoundError, match="registry is empty"):
+        StudentCodec.from_pretrained(3, device="cpu")
