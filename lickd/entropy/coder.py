@@ -9,8 +9,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import _rans
 from ..errors import CorruptFileError
+
+try:
+    from .. import _rans
+except ImportError as e:  # a source checkout without a build shadows the installed package
+    raise ImportError("lickd's C++ coder (lickd._rans) is not built here: install with 'pip install .' "
+                      "(or 'pip install -e .' for development) and run from outside the source folder") from e
 
 StreamError = _rans.StreamError
 
