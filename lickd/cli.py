@@ -5,6 +5,10 @@
     lickd info FILE [--json]
     lickd models [--json]
     lickd convert CKPT.pth.tar -o OUT.safetensors [-q Q] [--name NAME] [--half]
+    lickd eval DIR (--codec jpeg|webp|avif | --weights FILE... | -q 1,2,3) [-o results.json]
+    lickd bd-rate ANCHOR.json TEST.json... [--metric psnr|ms-ssim]
+    lickd plot A.json B.json... -o rd.png
+    lickd bench --weights FILE [--device cpu|cuda] [--json out.json]
 
 Statistics go to stderr (one line), ``--json`` prints one JSON object to stdout with
 CompressAI's key names. Outputs are written atomically and never overwritten without ``-f``.
@@ -351,6 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=cmd_convert)
+
+    from .eval.commands import add_commands
+
+    add_commands(sub)
 
     m = sub.add_parser("models", help="list the shipped models")
     m.add_argument("--json", action="store_true")
