@@ -9,6 +9,8 @@
     lickd bd-rate ANCHOR.json TEST.json... [--metric psnr|ms-ssim]
     lickd plot A.json B.json... -o rd.png
     lickd bench --weights FILE [--device cpu|cuda] [--json out.json]
+    lickd train CONFIG.toml [--set key=value...] [--resume];  lickd distill CONFIG.toml --teacher W [--no-kd]
+    lickd export RUN_DIR -o OUT.safetensors [--half]
 
 Statistics go to stderr (one line), ``--json`` prints one JSON object to stdout with
 CompressAI's key names. Outputs are written atomically and never overwritten without ``-f``.
@@ -309,6 +311,43 @@ def cmd_convert(args) -> None:
            "sha256": info.sha256})
 
 
+def cmd_train(args) -> None:
+    from .train import Trainer, load_config
+
+    overrides = list(args.set or [])
+    if getattr(args, "teacher", None):
+        overrides.append(f"kd.teacher={args.teacher}")
+    if getattr(args, "no_kd", False):
+        overrides.append("kd.no_kd=true")
+    try:
+        cfg = load_config(args.config, tuple(overrides))
+    except (OSError, ValueError) as e:
+        raise CliError(args.config, str(e)) from None
+    if args.command == "distill" and cfg.kd.teacher is None:
+        raise CliError(None, "distill needs a teacher: --teacher FILE or kd.teacher in the config")
+    try:
+        trainer = Trainer(cfg, resume=args.resume, progress=not args.quiet)
+    except (FileNotFoundError, ValueError) as e:
+        raise CliError(None, str(e)) from None
+    try:
+        summary = trainer.train()
+    finally:
+        trainer.close()
+    if trainer.is_main and not args.quiet:
+        print(json.dumps({k: v for k, v in summary.items() if k != "rank_fingerprints"}), file=sys.stderr)
+
+
+def cmd_export(args) -> None:
+    from .train import export_run
+
+    run = Path(args.input)
+    if not (run / "checkpoint.safetensors").is_file():
+        raise CliError(run, "no checkpoint.safetensors in this run folder")
+    _check_output(Path(args.output), args.force)
+    info = export_run(run, args.output, half=args.half, name=args.name)
+    print(f"{run} -> {args.output}: {info.architecture} N={info.N} M={info.M} sha256 {info.sha256}", file=sys.stderr)
+
+
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lickd", description="Learned image codec with distilled students.")
@@ -359,6 +398,26 @@ def build_parser() -> argparse.ArgumentParser:
     from .eval.commands import add_commands
 
     add_commands(sub)
+
+    for name, text in (("train", "train a model (teacher, or a student without KD)"),
+                       ("distill", "distil a student from a frozen teacher")):
+        t = sub.add_parser(name, help=text)
+        t.add_argument("config", nargs="?", help="TOML config (see lickd/train/config.py for the fields)")
+        t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field (repeatable)")
+        t.add_argument("--resume", action="store_true", help="continue the run in run_dir from its checkpoint")
+        t.add_argument("--quiet", action="store_true")
+        if name == "distill":
+            t.add_argument("--teacher", help="teacher weights file (kd.teacher)")
+            t.add_argument("--no-kd", action="store_true", help="the control: same student and budget, RD loss only")
+        t.set_defaults(func=cmd_train)
+
+    x = sub.add_parser("export", help="write a run's model as a registry-ready weights file")
+    x.add_argument("input", help="run folder")
+    x.add_argument("-o", "--output", required=True)
+    x.add_argument("--name")
+    x.add_argument("--half", action="store_true", help="fp16 parameters (tables rebuilt to match)")
+    x.add_argument("-f", "--force", action="store_true")
+    x.set_defaults(func=cmd_export)
 
     m = sub.add_parser("models", help="list the shipped models")
     m.add_argument("--json", action="store_true")

@@ -9,6 +9,7 @@ keep working as they are.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Sequence
 
@@ -29,6 +30,24 @@ SCALES_MIN, SCALES_MAX, SCALES_LEVELS = 0.11, 256.0, 64
 def get_scale_table(min: float = SCALES_MIN, max: float = SCALES_MAX, levels: int = SCALES_LEVELS) -> Tensor:
     """CompressAI's default table: ``levels`` log-spaced scales in [min, max]."""
     return torch.exp(torch.linspace(math.log(min), math.log(max), levels))
+
+
+def _float32(forward):
+    """Runs an entropy model's forward in float32 even under autocast: likelihoods down to 1e-9
+    and their log2 need more than bf16's 8 mantissa bits."""
+
+    @functools.wraps(forward)
+    def wrapped(self, *args, **kwargs):
+        def up(v):
+            return v.float() if isinstance(v, Tensor) and v.dtype in (torch.float16, torch.bfloat16) else v
+
+        args = [up(a) for a in args]
+        kwargs = {k: up(v) for k, v in kwargs.items()}
+        device_type = next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
+        with torch.autocast(device_type, enabled=False):
+            return forward(self, *args, **kwargs)
+
+    return wrapped
 
 
 class EntropyModel(nn.Module):
@@ -199,6 +218,7 @@ class EntropyBottleneck(EntropyModel):
         logits = self._logits_cumulative(self.quantiles, stop_gradient=True)
         return torch.abs(logits - self.target).sum()
 
+    @_float32
     def forward(self, x: Tensor, training: Optional[bool] = None) -> tuple[Tensor, Tensor]:
         if training is None:
             training = self.training
@@ -299,6 +319,7 @@ class GaussianConditional(EntropyModel):
         lower = self._standardized_cumulative((-0.5 - values) / scales)
         return upper - lower
 
+    @_float32
     def forward(self, inputs: Tensor, scales: Tensor, means: Optional[Tensor] = None,
                 training: Optional[bool] = None) -> tuple[Tensor, Tensor]:
         if training is None:

@@ -23,7 +23,8 @@ def register_architecture(name: str):
 class CompressionModel(nn.Module):
     """An auto-encoder with EntropyBottleneck and/or GaussianConditional entropy models.
 
-    Subclasses follow CompressAI's contract: ``forward(x) -> {"x_hat", "likelihoods"}``,
+    Subclasses follow CompressAI's contract: ``forward(x) -> {"x_hat", "likelihoods"}`` (plus
+    ``"latents"``: the continuous y and z, what distillation matches),
     ``compress(x) -> {"strings", "shape"}``, ``decompress(strings, shape) -> {"x_hat"}``,
     plus ``decode_latents(strings, shape)`` that returns the quantised latents by name.
     """

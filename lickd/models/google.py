@@ -51,7 +51,7 @@ class FactorizedPrior(CompressionModel):
     def forward(self, x):
         y = self.g_a(x)
         y_hat, y_likelihoods = self.entropy_bottleneck(y)
-        return {"x_hat": self.g_s(y_hat), "likelihoods": {"y": y_likelihoods}}
+        return {"x_hat": self.g_s(y_hat), "likelihoods": {"y": y_likelihoods}, "latents": {"y": y}}
 
     def compress(self, x, **coder_options):
         y = self.g_a(x)
@@ -105,7 +105,8 @@ class ScaleHyperprior(CompressionModel):
         z_hat, z_likelihoods = self.entropy_bottleneck(z)
         scales_hat, means_hat = self._gaussian_params(z_hat)
         y_hat, y_likelihoods = self.gaussian_conditional(y, scales_hat, means=means_hat)
-        return {"x_hat": self.g_s(y_hat), "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+        return {"x_hat": self.g_s(y_hat), "likelihoods": {"y": y_likelihoods, "z": z_likelihoods},
+                "latents": {"y": y, "z": z}}
 
     def compress(self, x, **coder_options):
         y = self.g_a(x)

@@ -12,7 +12,7 @@ import copy
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -42,6 +42,7 @@ class ModelInfo:
     sha256: str = ""
     path: Optional[Path] = None
     description: str = ""
+    training: dict = field(default_factory=dict)  # how it was made: teacher, steps, seed, commit...
 
     @property
     def short_hash(self) -> str:
@@ -54,6 +55,8 @@ class ModelInfo:
             meta["quality"] = str(self.quality)
         if self.lmbda is not None:
             meta["lambda"] = repr(float(self.lmbda))
+        if self.training:
+            meta["training"] = json.dumps(self.training, sort_keys=True)
         return meta
 
     @classmethod
@@ -64,7 +67,8 @@ class ModelInfo:
             return cls(name=meta["name"], architecture=meta["architecture"], N=int(meta["N"]), M=int(meta["M"]),
                        quality=int(meta["quality"]) if "quality" in meta else None,
                        lmbda=float(meta["lambda"]) if "lambda" in meta else None,
-                       metric=meta.get("metric", "mse"), description=meta.get("description", ""), **extra)
+                       metric=meta.get("metric", "mse"), description=meta.get("description", ""),
+                       training=json.loads(meta.get("training", "{}")), **extra)
         except (KeyError, ValueError) as e:
             raise CorruptFileError(f"malformed weights metadata ({e})") from None
 

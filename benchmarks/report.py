@@ -1,0 +1,64 @@
+"""Summarises committed RD results: a Markdown table for the README and an RD plot.
+
+    python benchmarks/report.py benchmarks/results/kodak/amd-epyc-2vcpu [--anchor JPEG] [--plot rd.png]
+
+For every curve: BD-rate and BD-PSNR against the anchor (pchip, over the overlapping range),
+PSNR interpolated at 0.25 / 0.5 / 1.0 bpp (pchip in log-rate, inside the measured range), and
+the median encode/decode times, all read from the result files (nothing is re-measured).
+"""
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from lickd.eval.bdrate import bd_psnr, bd_rate
+from lickd.eval.plot import load_results, plot_rd
+
+RATES = (0.25, 0.5, 1.0)
+
+
+def psnr_at(bpps, psnrs, target):
+    """PSNR at a bpp, interpolating PSNR against log-rate (linear between the two nearest points)."""
+    pts = sorted(zip(bpps, psnrs))
+    x = [math.log(b) for b, _ in pts]
+    y = [p for _, p in pts]
+    t = math.log(target)
+    if not x[0] <= t <= x[-1]:
+        return None
+    return float(np.interp(t, x, y))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("folder")
+    p.add_argument("--anchor", default="JPEG")
+    p.add_argument("--plot", help="write the RD plot here")
+    args = p.parse_args(argv)
+    files = sorted(Path(args.folder).glob("*.json"))
+    curves = {load_results(f)["name"]: (f, load_results(f)["results"]) for f in files}
+    if args.anchor not in curves:
+        sys.exit(f"anchor {args.anchor!r} not among {sorted(curves)}")
+    env = json.loads(files[0].read_text())["meta"]["environment"]
+    ra = curves[args.anchor][1]
+    print(f"Kodak (24 images), mean over images; BD against {args.anchor} (pchip); times on {env['cpu']} "
+          f"({env['cpu_count']} vCPU), Pillow {env['pillow']}, lickd commit {env['commit']}\n")
+    head = "| codec | BD-rate | BD-PSNR | " + " | ".join(f"PSNR @ {r} bpp" for r in RATES) + " | enc ms | dec ms |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for name, (_, r) in sorted(curves.items(), key=lambda kv: kv[0] != args.anchor):
+        bdr = bd_rate(ra["bpp"], ra["psnr-rgb"], r["bpp"], r["psnr-rgb"])
+        bdp = bd_psnr(ra["bpp"], ra["psnr-rgb"], r["bpp"], r["psnr-rgb"])
+        at = [psnr_at(r["bpp"], r["psnr-rgb"], t) for t in RATES]
+        cells = " | ".join("–" if v is None else f"{v:.2f} dB" for v in at)
+        print(f"| {name} | {bdr:+.1f} % | {bdp:+.2f} dB | {cells} | {1e3 * np.median(r['encoding_time']):.1f} | "
+              f"{1e3 * np.median(r['decoding_time']):.1f} |")
+    if args.plot:
+        plot_rd([f for f, _ in curves.values()], args.plot, title="Kodak")
+        print(f"\n(plot: {args.plot})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""The training engine on CPU with tiny models and crops: learning, distillation terms, exact
+resume, DDP over gloo with torchrun, and export into a working codec."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from lickd import StudentCodec, zoo
+from lickd.models import build_model
+from lickd.train import Trainer, load_config
+from lickd.train.losses import DistillationLoss, Projection
+
+
+@pytest.fixture(scope="module")
+def train_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("train")
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:96, 0:112]
+    for i in range(5):
+        img = 128 + 80 * np.sin(xx[..., None] / (5 + i) + np.arange(3)) * np.cos(yy[..., None] / (7 + i))
+        Image.fromarray(np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)).save(folder / f"{i}.png")
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(folder / "too_small.png")
+    return folder
+
+
+def config(tmp_path, train_dir, *extra):
+    return load_config(None, (
+        "architecture=mbt2018-mean", "N=8", "M=12", f"data={train_dir}", f"val_data={train_dir}", "val_images=2",
+        "patch_size=64", "batch_size=3", "steps=12", "lr=1e-3", "log_every=1", "val_every=0", "ckpt_every=4",
+        "tensorboard=false", f"run_dir={tmp_path / 'run'}", *extra))
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_few_steps_reduce_the_loss(tmp_path, train_dir):
+    cfg = config(tmp_path, train_dir, "steps=40")
+    summary = Trainer(cfg, progress=False).train()
+    losses = [r["loss"] for r in read_metrics(cfg.run_dir) if "loss" in r]
+    assert len(losses) == 40
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    assert summary["step"] == 40 and "val/bpp" in summary and summary["val/bpp"] > 0
+    saved = json.loads((Path(cfg.run_dir) / "config.json").read_text())
+    assert saved["config"]["lmbda"] == cfg.lmbda and "torch" in saved
+
+
+def test_kd_terms_are_zero_when_the_student_is_a_copy_of_the_teacher(tmp_path, train_dir):
+    torch.manual_seed(0)
+    teacher = build_model("mbt2018-mean", 8, 12).eval()
+    teacher.update(force=True)
+    info = zoo.save_weights(teacher, tmp_path / "teacher.safetensors",
+                            zoo.ModelInfo(name="t", architecture="", N=0, M=0))
+    cfg = config(tmp_path, train_dir, f"kd.teacher={info.path}", f"init={info.path}", "kd.z=0.3")
+    trainer = Trainer(cfg, progress=False)
+    x = trainer.sampler.next()
+    targets = trainer._teacher_targets(x)
+    terms = trainer.loss_fn(trainer.model(x), x, targets)
+    for name in ("kd_y", "kd_z", "kd_x"):
+        assert float(terms[name].detach()) == 0.0, name
+    assert float(terms["loss"]) == pytest.approx(0.6 * float(terms["rd"]))
+    # and a student that differs is pulled towards the teacher
+    with torch.no_grad():
+        trainer.model.g_a[0].weight.mul_(1.5)
+    terms = trainer.loss_fn(trainer.model(x), x, trainer._teacher_targets(x))
+    assert float(terms["kd_y"]) > 0 and float(terms["kd_x"]) > 0
+
+
+def test_teacher_is_frozen_and_gets_no_gradient(tmp_path, train_dir):
+    torch.manual_seed(0)
+    teacher = build_model("mbt2018-mean", 16, 24)
+    teacher.update(force=True)
+    info = zoo.save_weights(teacher, tmp_path / "t.safetensors", zoo.ModelInfo(name="t", architecture="", N=0, M=0))
+    cfg = config(tmp_path, train_dir, f"kd.teacher={info.path}", "steps=2")
+    trainer = Trainer(cfg, progress=False)
+    before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
+    trainer.train_step()
+    assert all(p.grad is None and not p.requires_grad for p in trainer.teacher.parameters())
+    assert all(torch.equal(before[k], v) for k, v in trainer.teacher.state_dict().items())
+    # widths differ (student 8/12, teacher 16/24): learned projections, dropped at export
+    assert set(trainer.projection.maps) == {"y"} or set(trainer.projection.maps) == {"y", "z"}
+    assert any(p.grad is not None for p in trainer.projection.parameters())
+
+
+def test_projection_maps_widths():
+    proj = Projection({"y": 12, "z": 8}, {"y": 20, "z": 8})
+    assert list(proj.maps) == ["y"]
+    loss = DistillationLoss(0.01, "mse", {"y": 1.0, "rd": 0.0}, proj)
+    out = {"x_hat": torch.rand(1, 3, 8, 8), "likelihoods": {"y": torch.full((1, 12, 2, 2), 0.5)},
+           "latents": {"y": torch.randn(1, 12, 2, 2), "z": torch.randn(1, 8, 1, 1)}}
+    teacher = {"x_hat": torch.rand(1, 3, 8, 8), "latents": {"y": torch.randn(1, 20, 2, 2), "z": torch.randn(1, 8, 1, 1)}}
+    terms = loss(out, torch.rand(1, 3, 8, 8), teacher)
+    assert float(terms["loss"]) == pytest.approx(float(terms["kd_y"]))
+
+
+def test_no_kd_control_uses_only_the_rd_loss(tmp_path, train_dir):
+    torch.manual_seed(0)
+    teacher = build_model("mbt2018-mean", 8, 12)
+    teacher.update(force=True)
+    info = zoo.save_weights(teacher, tmp_path / "t.safetensors", zoo.ModelInfo(name="t", architecture="", N=0, M=0))
+    cfg = config(tmp_path, train_dir, f"kd.teacher={info.path}", "kd.no_kd=true", "steps=3")
+    trainer = Trainer(cfg, progress=False)
+    assert trainer.teacher is None
+    stats = trainer.train_step()
+    assert stats["loss"] == stats["rd"] and "kd_y" not in stats
+
+
+def test_resume_after_interruption_is_bit_exact(tmp_path, train_dir):
+    straight = config(tmp_path / "a", train_dir, "ema=0.9")
+    Trainer(straight, progress=False).train()
+    interrupted = config(tmp_path / "b", train_dir, "ema=0.9")
+    first = Trainer(interrupted, progress=False)
+    for _ in range(5):  # a crash after step 5: the last checkpoint is step 4
+        first.train_step()
+        if first.step % 4 == 0:
+            first.save_checkpoint()
+    resumed = Trainer(interrupted, resume=True, progress=False)
+    assert resumed.step == 4
+    resumed.train()
+    a = load_file(str(Path(straight.run_dir) / "checkpoint.safetensors"))
+    b = load_file(str(Path(interrupted.run_dir) / "checkpoint.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_refuses_a_different_config(tmp_path, train_dir):
+    cfg = config(tmp_path, train_dir, "steps=4")
+    Trainer(cfg, progress=False).train()
+    with pytest.raises(ValueError, match="lmbda"):
+        Trainer(config(tmp_path, train_dir, "steps=8", "lmbda=0.5"), resume=True, progress=False)
+
+
+def test_sigterm_checkpoints_and_stops(tmp_path, train_dir):
+    cfg = config(tmp_path, train_dir, "steps=1000", "ckpt_every=1000")
+    trainer = Trainer(cfg, progress=False)
+    original = trainer.train_step
+
+    def step_then_signal():
+        stats = original()
+        if trainer.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return stats
+
+    trainer.train_step = step_then_signal
+    summary = trainer.train()
+    assert summary == {"step": 3, "stopped": True}
+    assert Trainer(cfg, resume=True, progress=False).step == 3
+
+
+def test_export_loads_in_student_codec_and_compresses(tmp_path, train_dir):
+    cfg = config(tmp_path, train_dir, "steps=6", "name=tiny-student")
+    summary = Trainer(cfg, progress=False).train()
+    codec = StudentCodec.from_file(summary["export"], device="cpu")
+    assert codec.info.name == "tiny-student" and codec.info.training["steps"] == 6
+    img = np.asarray(Image.open(train_dir / "0.png"))
+    out = codec.decompress(codec.compress(img), output="numpy")
+    assert out.shape == img.shape
+    # lickd export gives the same model from the checkpoint
+    from lickd.cli import main
+    assert main(["export", cfg.run_dir, "-o", str(tmp_path / "e.safetensors"), "--half"]) == 0
+    exported = StudentCodec.from_file(tmp_path / "e.safetensors", device="cpu")
+    assert exported.info.training["steps"] == 6
+
+
+def test_cli_train_and_distill(tmp_path, train_dir, capsys):
+    from lickd.cli import main
+    toml = tmp_path / "cfg.toml"
+    toml.write_text(f'architecture = "bmshj2018-hyperprior"\nN = 8\nM = 12\ndata = "{train_dir}"\n'
+                    f'val_data = "{train_dir}"\nval_images = 1\npatch_size = 64\nbatch_size = 2\nsteps = 3\n'
+                    f'tensorboard = false\nrun_dir = "{tmp_path / "teacher"}"\n[kd]\ny = 0.5\n')
+    assert main(["train", str(toml), "--quiet"]) == 0
+    teacher = tmp_path / "teacher" / "model.safetensors"
+    assert main(["distill", str(toml), "--teacher", str(teacher), "--set", f"run_dir={tmp_path / 'student'}",
+                 "--set", "N=6", "--quiet"]) == 0
+    assert (tmp_path / "student" / "model.safetensors").is_file()
+    saved = json.loads((tmp_path / "student" / "config.json").read_text())["config"]
+    assert saved["kd"]["y"] == 0.5 and saved["kd"]["teacher"] == str(teacher) and saved["N"] == 6
+    assert main(["distill", str(toml), "--quiet"]) == 1  # no teacher
+    assert main(["train", str(toml), "--set", "nonsense=1"]) == 1
+    assert "unknown config key" in capsys.readouterr().err
+
+
+def test_torchrun_two_processes_on_gloo_keep_ranks_in_sync(tmp_path, train_dir):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun not found")
+    run_dir = tmp_path / "ddp"
+    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
+           "-m", "lickd.train", "--quiet", "--set", "architecture=mbt2018-mean", "--set", "N=8", "--set", "M=12",
+           "--set", f"data={train_dir}", "--set", f"val_data={train_dir}", "--set", "val_images=1",
+           "--set", "patch_size=64", "--set", "batch_size=2", "--set", "steps=6", "--set", "ckpt_every=3",
+           "--set", "tensorboard=false", "--set", "device=cpu", "--set", f"run_dir={run_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-6000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    prints = summary["rank_fingerprints"]
+    assert len(prints) == 2 and prints[0] == prints[1]
+    assert (run_dir / "rng-rank0.safetensors").is_file() and (run_dir / "rng-rank1.safetensors").is_file()
+    # the ranks drew different crops: their sampler states differ
+    r0 = load_file(str(run_dir / "rng-rank0.safetensors"))["sampler"]
+    r1 = load_file(str(run_dir / "rng-rank1.safetensors"))["sampler"]
+    assert not torch.equal(r0, r1)
