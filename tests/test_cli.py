@@ -164,7 +164,7 @@ def test_convert_compressai_checkpoint_and_code_like_compressai(capsys, tmp_path
     from lickd import StudentCodec
     codec = StudentCodec.from_file(out, device="cpu")
     assert codec.info.architecture == "mbt2018-mean" and codec.info.lmbda == 0.0035
-    x = torch.from_numpy(np.asarray(Image.open(image_file))).permute(2, 0, 1)[None].float() / 255
+    x = torch.from_numpy(np.array(Image.open(image_file))).permute(2, 0, 1)[None].float() / 255
     ref.update(force=False)
     with torch.no_grad():
         x_pad = torch.nn.functional.pad(x, (0, 128 - 70, 0, 64 - 45), mode="replicate")

@@ -66,13 +66,13 @@ def test_kd_terms_are_zero_when_the_student_is_a_copy_of_the_teacher(tmp_path, t
     targets = trainer._teacher_targets(x)
     terms = trainer.loss_fn(trainer.model(x), x, targets)
     for name in ("kd_y", "kd_z", "kd_x"):
-        assert float(terms[name].detach()) == 0.0, name
-    assert float(terms["loss"]) == pytest.approx(0.6 * float(terms["rd"]))
+        assert terms[name].item() == 0.0, name
+    assert terms["loss"].item() == pytest.approx(0.6 * terms["rd"].item())
     # and a student that differs is pulled towards the teacher
     with torch.no_grad():
         trainer.model.g_a[0].weight.mul_(1.5)
     terms = trainer.loss_fn(trainer.model(x), x, trainer._teacher_targets(x))
-    assert float(terms["kd_y"]) > 0 and float(terms["kd_x"]) > 0
+    assert terms["kd_y"].item() > 0 and terms["kd_x"].item() > 0
 
 
 def test_teacher_is_frozen_and_gets_no_gradient(tmp_path, train_dir):
@@ -99,7 +99,7 @@ def test_projection_maps_widths():
            "latents": {"y": torch.randn(1, 12, 2, 2), "z": torch.randn(1, 8, 1, 1)}}
     teacher = {"x_hat": torch.rand(1, 3, 8, 8), "latents": {"y": torch.randn(1, 20, 2, 2), "z": torch.randn(1, 8, 1, 1)}}
     terms = loss(out, torch.rand(1, 3, 8, 8), teacher)
-    assert float(terms["loss"]) == pytest.approx(float(terms["kd_y"]))
+    assert terms["loss"].item() == pytest.approx(terms["kd_y"].item())
 
 
 def test_no_kd_control_uses_only_the_rd_loss(tmp_path, train_dir):
@@ -211,3 +211,21 @@ def test_torchrun_two_processes_on_gloo_keep_ranks_in_sync(tmp_path, train_dir):
     r0 = load_file(str(run_dir / "rng-rank0.safetensors"))["sampler"]
     r1 = load_file(str(run_dir / "rng-rank1.safetensors"))["sampler"]
     assert not torch.equal(r0, r1)
+
+
+def test_hybrid_teacher_supplies_the_z_target(tmp_path, train_dir):
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        t = build_model("mbt2018-mean", 8, 12)
+        t.update(force=True)
+        paths.append(zoo.save_weights(t, tmp_path / f"t{seed}.safetensors",
+                                      zoo.ModelInfo(name=f"t{seed}", architecture="", N=0, M=0)).path)
+    cfg = config(tmp_path, train_dir, f"kd.teacher={paths[0]}", f"kd.hybrid_teacher={paths[1]}", "kd.z=0.2")
+    trainer = Trainer(cfg, progress=False)
+    x = trainer.sampler.next()
+    targets = trainer._teacher_targets(x)
+    with torch.no_grad():
+        assert torch.equal(targets["latents"]["z"], trainer.hybrid_teacher(x)["latents"]["z"])
+        assert torch.equal(targets["latents"]["y"], trainer.teacher(x)["latents"]["y"])
+    assert trainer.train_step()["kd_z"] > 0

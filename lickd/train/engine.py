@@ -309,6 +309,8 @@ class Trainer:
                 x = pad_to_multiple(to_tensor(img)[0].to(self.device), model.downsampling_factor)
                 est = float(bpp(model(x)["likelihoods"], img.shape[0] * img.shape[1]))
             rows.append((8 * len(data) / (img.shape[0] * img.shape[1]), est, psnr_rgb(img, out)))
+            if self.writer is not None and len(rows) == 1:  # one sample reconstruction per validation
+                self.writer.add_image("val/reconstruction", torch.from_numpy(out.copy()).permute(2, 0, 1), self.step)
         if not rows:
             return {}
         n = len(rows)
