@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <exception>
 #include <mutex>
 #include <string>
@@ -15,6 +16,7 @@ namespace {
 constexpr uint64_t kMaxEscapeRaw = 1ull << 34;  // |value| < 2^33 for any int32 symbol and offset
 constexpr double kBytesPerLane = 3.0;            // measured flush cost of one lane (rans.md §4.2)
 constexpr int64_t kMinSymbolsPerChunk = 4096;
+constexpr int64_t kEstimateSamples = 1 << 16;
 
 void check_indexes(const TableSet& tables, const int32_t* indexes, int64_t n) {
   const int64_t t_max = tables.n_tables();
@@ -55,13 +57,46 @@ void parallel_chunks(int64_t n, int threads, Fn fn) {
   if (error) std::rethrow_exception(error);
 }
 
-// Per-symbol coding parameters from the encoder's pre-pass.
-struct SymbolCode {
-  uint16_t start;
-  uint16_t freq;  // < 2^P <= 2^16 because every table has at least two symbols
-};
-
 int floor_log2(uint64_t v) { return 63 - __builtin_clzll(v); }
+
+// log2 with ~0.01 bit error: enough to size chunks, and cheap.
+inline float fast_log2(uint32_t v) {
+  float f = float(v);
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  const float e = float(int(bits >> 23) - 127);
+  uint32_t mbits = (bits & 0x7FFFFFu) | 0x3F800000u;
+  float m;
+  std::memcpy(&m, &mbits, 4);
+  m -= 1.0f;
+  return e + m * (1.3465557f - 0.3465557f * m);
+}
+
+// Symbol index within its table and, for out-of-range values, the escape's raw value.
+inline int32_t table_symbol(const TableRow& r, int32_t symbol, uint64_t* raw) {
+  const int32_t esc = r.n_symbols - 1;
+  const int64_t value = int64_t(symbol) - r.offset;
+  if (value >= 0 && value < esc) return int32_t(value);
+  *raw = value < 0 ? uint64_t(-2 * value - 1) : uint64_t(2 * (value - esc));
+  return esc;
+}
+
+// Estimated size in bits, from a deterministic sample of at most kEstimateSamples symbols.
+double estimate_bits(const TableSet& tables, const int32_t* symbols, const int32_t* indexes, int64_t n) {
+  if (n == 0) return 0;
+  const int64_t step = std::max<int64_t>(1, n / kEstimateSamples);
+  const int P = tables.precision();
+  double bits = 0;
+  int64_t sampled = 0;
+  for (int64_t i = 0; i < n; i += step, ++sampled) {
+    const TableRow& r = tables.row(indexes[i]);
+    uint64_t raw = 0;
+    const int32_t s = table_symbol(r, symbols[i], &raw);
+    bits += P - fast_log2(r.cdf[s + 1] - r.cdf[s]);
+    if (s == r.n_symbols - 1) bits += floor_log2(raw + 1) + 1;
+  }
+  return bits * double(n) / double(sampled);
+}
 
 }  // namespace
 
@@ -75,34 +110,12 @@ std::vector<uint8_t> rans_encode(const TableSet& tables, const int32_t* symbols,
   check_indexes(tables, indexes, n);
   const int P = tables.precision();
 
-  // Pre-pass: (start, freq) of every symbol, escape values, and the estimated size in bits.
-  std::vector<SymbolCode> codes(size_t(n), SymbolCode{0, 0});
-  std::vector<uint8_t> is_escape(size_t(n), 0);
-  std::vector<uint64_t> escape_raw;  // in symbol order
-  double bits = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t t = indexes[i];
-    const int32_t esc = tables.n_symbols(t) - 1;
-    int64_t value = int64_t(symbols[i]) - tables.offset(t);
-    int32_t s = int32_t(value);
-    if (value < 0 || value >= esc) {
-      uint64_t raw = value < 0 ? uint64_t(-2 * value - 1) : uint64_t(2 * (value - esc));
-      escape_raw.push_back(raw);
-      is_escape[i] = 1;
-      s = esc;
-      bits += 2 * floor_log2(raw + 1) + 1;
-    }
-    uint32_t start, freq;
-    tables.start_freq(t, s, &start, &freq);
-    codes[i] = SymbolCode{uint16_t(start), uint16_t(freq)};
-    bits += P - std::log2(double(freq));
-  }
-
   // Lanes and chunks: spend at most max_overhead of the estimated size on lane states.
   StreamHeader h;
   h.precision = P;
   h.table_hash = tables.hash();
   h.n_symbols = uint64_t(n);
+  const double bits = estimate_bits(tables, symbols, indexes, n);
   const double budget_lanes = std::max(1.0, opt.max_overhead * bits / 8.0 / kBytesPerLane);
   int lanes = opt.lanes;
   if (lanes == 0) {
@@ -124,57 +137,63 @@ std::vector<uint8_t> rans_encode(const TableSet& tables, const int32_t* symbols,
   const int64_t n_chunks = int64_t(h.n_chunks);
   const int K = lanes;
 
-  // Escapes are contiguous per chunk in symbol order: first escape of each chunk.
-  std::vector<int64_t> esc_first(size_t(n_chunks) + 1, 0);
-  for (int64_t c = 0, e = 0; c < n_chunks; ++c) {
-    esc_first[c] = e;
-    const int64_t end = std::min(n, (c + 1) * per);
-    for (int64_t i = c * per; i < end; ++i) e += is_escape[i];
-    esc_first[c + 1] = e;
-  }
-
   std::vector<std::vector<uint8_t>> payloads(static_cast<size_t>(n_chunks));
   parallel_chunks(n_chunks, opt.threads, [&](int64_t c) {
     const int64_t begin = c * per, count = std::min(n, begin + per) - begin;
+    const int32_t* sym = symbols + begin;
+    const int32_t* idx = indexes + begin;
+    // Forward pass: (start, freq) per symbol, escape values in symbol order, lane checks.
+    std::vector<uint32_t> code(static_cast<size_t>(count));  // start | freq << 16 (freq < 2^16)
+    std::vector<uint64_t> escapes;
+    uint32_t hash[32];
+    for (int l = 0; l < K; ++l) hash[l] = kLaneHashInit;
+    for (int64_t j = 0; j < count; ++j) {
+      const TableRow& r = tables.row(idx[j]);
+      uint64_t raw = 0;
+      const int32_t s = table_symbol(r, sym[j], &raw);
+      if (s == r.n_symbols - 1) escapes.push_back(raw);
+      code[j] = r.cdf[s] | ((r.cdf[s + 1] - r.cdf[s]) << 16);
+      hash[j & (K - 1)] = lane_hash_add(hash[j & (K - 1)], sym[j]);
+    }
     ByteWriter w;
-    // Escape section.
-    const int64_t e0 = esc_first[c], n_esc = esc_first[c + 1] - e0;
-    w.varint(uint64_t(n_esc));
-    if (n_esc) {
+    w.varint(uint64_t(escapes.size()));
+    if (!escapes.empty()) {
       uint64_t max_raw = 0;
-      for (int64_t e = 0; e < n_esc; ++e) max_raw = std::max(max_raw, escape_raw[e0 + e]);
+      for (uint64_t e : escapes) max_raw = std::max(max_raw, e);
       const int width = floor_log2(max_raw | 1) + 1;
       w.u8(uint8_t(width));
-      std::vector<uint8_t> packed(size_t((n_esc * width + 7) / 8), 0);
-      for (int64_t e = 0; e < n_esc; ++e)
+      std::vector<uint8_t> packed(size_t((escapes.size() * width + 7) / 8), 0);
+      for (size_t e = 0; e < escapes.size(); ++e)
         for (int b = 0; b < width; ++b)
-          if ((escape_raw[e0 + e] >> b) & 1) {
-            const int64_t bit = e * width + b;
+          if ((escapes[e] >> b) & 1) {
+            const uint64_t bit = e * uint64_t(width) + b;
             packed[bit >> 3] |= uint8_t(1u << (bit & 7));
           }
       w.bytes(packed.data(), packed.size());
     }
-    // Lane checksums in decoder order, then the backward rANS pass.
-    std::vector<uint32_t> x(K);
-    {
-      std::vector<uint16_t> crc(K, kCrc16Init);
-      for (int64_t j = 0; j < count; ++j) crc[j % K] = crc16_add_i32(crc[j % K], symbols[begin + j]);
-      for (int l = 0; l < K; ++l) x[l] = kRansL + crc[l];
-    }
-    std::vector<uint16_t> words;
-    words.reserve(size_t(count) + 16);
+    // Backward pass, the exact reverse of the decoder's order; words are emitted backwards.
+    uint32_t x[32];
+    for (int l = 0; l < K; ++l) x[l] = kRansL + lane_check(hash[l]);
+    std::vector<uint16_t> words(static_cast<size_t>(count));  // at most one word per symbol
+    uint16_t* wp = words.data() + count;
+    const uint32_t max_shift = 32 - P;
     for (int64_t j = count - 1; j >= 0; --j) {
-      const SymbolCode sc = codes[begin + j];
-      uint32_t& xl = x[j % K];
-      const uint64_t x_max = uint64_t(sc.freq) << (32 - P);
-      if (xl >= x_max) {
-        words.push_back(uint16_t(xl));
+      const uint32_t start = code[j] & 0xFFFF, freq = code[j] >> 16;
+      uint32_t xl = x[j & (K - 1)];
+      if (xl >= (freq << max_shift)) {  // freq < 2^P, so this does not overflow
+        *--wp = uint16_t(xl);
         xl >>= kWordBits;
       }
-      xl = ((xl / sc.freq) << P) + (xl % sc.freq) + sc.start;
+      x[j & (K - 1)] = ((xl / freq) << P) + (xl % freq) + start;
     }
     for (int l = 0; l < K; ++l) w.u32(x[l]);
-    for (auto it = words.rbegin(); it != words.rend(); ++it) w.u16(*it);
+    const size_t n_words = size_t(words.data() + count - wp);
+    const size_t at = w.buf.size();
+    w.buf.resize(at + 2 * n_words);
+    for (size_t i = 0; i < n_words; ++i) {
+      w.buf[at + 2 * i] = uint8_t(wp[i]);
+      w.buf[at + 2 * i + 1] = uint8_t(wp[i] >> 8);
+    }
     payloads[c] = std::move(w.buf);
   });
 
@@ -206,27 +225,30 @@ void rans_decode(const TableSet& tables, const uint8_t* data, size_t size, const
   for (size_t c = 0; c < h.n_chunks; ++c) chunk_offset[c + 1] = chunk_offset[c] + h.chunk_bytes[c];
 
   parallel_chunks(int64_t(h.n_chunks), threads, [&](int64_t c) {
-    const std::string where = "chunk " + std::to_string(c) + ": ";
+    auto fail = [c](const char* what) {
+      throw StreamError("chunk " + std::to_string(c) + ": " + what);
+    };
     const int64_t begin = c * per, count = std::min(n, begin + per) - begin;
+    const int32_t* idx = indexes + begin;
+    int32_t* o = out + begin;
     ByteReader r(data + chunk_offset[c], h.chunk_bytes[c]);
     // Escape section.
     const uint64_t n_esc = r.varint("escape count");
-    if (n_esc > uint64_t(count)) throw StreamError(where + "more escapes than symbols");
+    if (n_esc > uint64_t(count)) fail("more escapes than symbols");
     int width = 0;
     const uint8_t* packed = nullptr;
     if (n_esc) {
       width = r.u8("escape width");
-      if (width < 1 || width > 64) throw StreamError(where + "invalid escape width");
+      if (width < 1 || width > 64) fail("invalid escape width");
       const size_t nbytes = size_t((n_esc * uint64_t(width) + 7) / 8);
       packed = r.pos();
       r.skip(nbytes, "escape values");
       const uint64_t used_bits = n_esc * uint64_t(width);
-      if ((used_bits & 7) && (packed[nbytes - 1] >> (used_bits & 7)))
-        throw StreamError(where + "nonzero padding after the escape values");
+      if ((used_bits & 7) && (packed[nbytes - 1] >> (used_bits & 7))) fail("nonzero padding after the escape values");
     }
     uint64_t esc_used = 0;
     auto next_escape = [&]() -> uint64_t {
-      if (esc_used >= n_esc) throw StreamError(where + "escape marker without escape value");
+      if (esc_used >= n_esc) fail("escape marker without escape value");
       uint64_t v = 0;
       const uint64_t bit0 = esc_used++ * uint64_t(width);
       for (int b = 0; b < width; ++b) {
@@ -235,46 +257,50 @@ void rans_decode(const TableSet& tables, const uint8_t* data, size_t size, const
       }
       return v;
     };
-    // Lane states and words.
-    std::vector<uint32_t> x(K);
+    // Lane states, then the words.
+    uint32_t x[32], hash[32];
     for (int l = 0; l < K; ++l) {
       x[l] = r.u32("lane states");
-      if (x[l] < kRansL) throw StreamError(where + "invalid lane state");
+      if (x[l] < kRansL) fail("invalid lane state");
+      hash[l] = kLaneHashInit;
     }
-    if (r.remaining() & 1) throw StreamError(where + "odd word section");
+    if (r.remaining() & 1) fail("odd word section");
     const uint8_t* wp = r.pos();
-    const uint8_t* wend = wp + r.remaining();
-    std::vector<uint16_t> crc(K, kCrc16Init);
+    const uint8_t* const wend = wp + r.remaining();
     for (int64_t j = 0; j < count; ++j) {
-      const int l = int(j % K);
-      const int64_t t = indexes[begin + j];
-      const uint32_t cf = x[l] & mask;
-      const int32_t s = tables.find(t, cf);
-      uint32_t start, freq;
-      tables.start_freq(t, s, &start, &freq);
-      uint32_t xl = freq * (x[l] >> P) + cf - start;
-      if (xl < kRansL) {
-        if (wp == wend) throw StreamError(where + "truncated (ran out of words)");
-        xl = (xl << kWordBits) | uint32_t(wp[0] | (wp[1] << 8));
-        wp += 2;
+      const int l = int(j & (K - 1));
+      const TableRow& row = tables.row(idx[j]);
+      uint32_t xl = x[l];
+      const uint32_t cf = xl & mask;
+      const int32_t s = tables.find(row, cf);
+      const uint32_t start = row.cdf[s];
+      xl = (row.cdf[s + 1] - start) * (xl >> P) + cf - start;
+      // Refill without a data-dependent branch (it is taken about half the time): the only
+      // branch left is the bounds check, which is predictable.
+      const bool refill = xl < kRansL;
+      if (wp == wend) {
+        if (refill) fail("truncated (ran out of words)");
+      } else {
+        const uint32_t word = uint32_t(wp[0] | (wp[1] << 8));
+        xl = refill ? (xl << kWordBits) | word : xl;
+        wp += refill ? 2 : 0;
       }
       x[l] = xl;
       int64_t value = s;
-      const int32_t esc = tables.n_symbols(t) - 1;
-      if (s == esc) {
+      if (s == row.n_symbols - 1) {
         const uint64_t raw = next_escape();
-        if (raw >= kMaxEscapeRaw) throw StreamError(where + "escape value out of range");
-        value = (raw & 1) ? -int64_t((raw >> 1) + 1) : int64_t(esc) + int64_t(raw >> 1);
+        if (raw >= kMaxEscapeRaw) fail("escape value out of range");
+        value = (raw & 1) ? -int64_t((raw >> 1) + 1) : int64_t(s) + int64_t(raw >> 1);
       }
-      const int64_t sym = value + tables.offset(t);
-      if (sym < INT32_MIN || sym > INT32_MAX) throw StreamError(where + "symbol out of int32 range");
-      out[begin + j] = int32_t(sym);
-      crc[l] = crc16_add_i32(crc[l], int32_t(sym));
+      const int64_t sym = value + row.offset;
+      if (sym < INT32_MIN || sym > INT32_MAX) fail("symbol out of int32 range");
+      o[j] = int32_t(sym);
+      hash[l] = lane_hash_add(hash[l], int32_t(sym));
     }
-    if (wp != wend) throw StreamError(where + "unused words after the last symbol");
-    if (esc_used != n_esc) throw StreamError(where + "unused escape values");
+    if (wp != wend) fail("unused words after the last symbol");
+    if (esc_used != n_esc) fail("unused escape values");
     for (int l = 0; l < K; ++l)
-      if (x[l] != kRansL + crc[l]) throw StreamError(where + "checksum mismatch (corrupt stream)");
+      if (x[l] != kRansL + lane_check(hash[l])) fail("checksum mismatch (corrupt stream)");
   });
 }
 

@@ -6,16 +6,6 @@ namespace lickd {
 
 namespace {
 
-std::array<uint16_t, 256> make_crc16_table() {
-  std::array<uint16_t, 256> t{};
-  for (int i = 0; i < 256; ++i) {
-    uint16_t c = uint16_t(i << 8);
-    for (int k = 0; k < 8; ++k) c = (c & 0x8000) ? uint16_t((c << 1) ^ 0x1021) : uint16_t(c << 1);
-    t[i] = c;
-  }
-  return t;
-}
-
 std::array<uint32_t, 256> make_crc32_table() {
   std::array<uint32_t, 256> t{};
   for (uint32_t i = 0; i < 256; ++i) {
@@ -26,15 +16,9 @@ std::array<uint32_t, 256> make_crc32_table() {
   return t;
 }
 
-const std::array<uint16_t, 256> kCrc16Table = make_crc16_table();
 const std::array<uint32_t, 256> kCrc32Table = make_crc32_table();
 
 }  // namespace
-
-uint16_t crc16_update(uint16_t crc, const uint8_t* data, size_t n) {
-  for (size_t i = 0; i < n; ++i) crc = uint16_t((crc << 8) ^ kCrc16Table[((crc >> 8) ^ data[i]) & 0xFF]);
-  return crc;
-}
 
 uint32_t crc32_update(uint32_t crc, const uint8_t* data, size_t n) {
   crc = ~crc;

@@ -17,8 +17,9 @@
 //     K x u32 lane states              (the encoder's final states = the decoder's initial ones)
 //     u16 words                        (decoder-forward order; within a step, ascending lanes)
 //
-// Every lane starts encoding at x0 = L + crc16(its symbols), so the decoder verifies each lane's
-// final state and that every word of the chunk was consumed: a desync or corruption is an error.
+// Every lane starts encoding at x0 = L + check(its symbols), a 16-bit hash of the lane's symbols
+// (lane_check below), so the decoder verifies each lane's final state and that every word of the
+// chunk was consumed: a desync or corruption is an error.
 #pragma once
 
 #include <cstddef>
@@ -43,14 +44,22 @@ struct StreamError : std::runtime_error {
 };
 
 // ---------------------------------------------------------------- checksums
-uint16_t crc16_update(uint16_t crc, const uint8_t* data, size_t n);  // CRC-16/CCITT-FALSE
 uint32_t crc32_update(uint32_t crc, const uint8_t* data, size_t n);  // zlib's CRC-32
 
-inline uint16_t crc16_add_i32(uint16_t crc, int32_t v) {
-  uint8_t b[4] = {uint8_t(v), uint8_t(v >> 8), uint8_t(v >> 16), uint8_t(uint32_t(v) >> 24)};
-  return crc16_update(crc, b, 4);
+// Lane check: h = h * A + symbol over the lane's symbols in decode order (one multiply-add per
+// symbol, the same on CPU and GPU; a change of any one symbol always changes h), then mixed
+// (murmur3's finaliser) and cut to 16 bits.
+constexpr uint32_t kLaneHashInit = 0x2545F491u;
+constexpr uint32_t kLaneHashMul = 0x9E3779B1u;
+inline uint32_t lane_hash_add(uint32_t h, int32_t symbol) { return h * kLaneHashMul + uint32_t(symbol); }
+inline uint32_t lane_check(uint32_t h) {
+  h ^= h >> 16;
+  h *= 0x85EBCA6Bu;
+  h ^= h >> 13;
+  h *= 0xC2B2AE35u;
+  h ^= h >> 16;
+  return h & 0xFFFFu;
 }
-constexpr uint16_t kCrc16Init = 0xFFFF;
 
 // ---------------------------------------------------------------- writer
 class ByteWriter {

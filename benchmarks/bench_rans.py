@@ -1,0 +1,163 @@
+"""Entropy-coder throughput and rate: lickd's rANS against CompressAI's on the same symbols.
+
+    python benchmarks/bench_rans.py [--quick] [--weights FILE --image IMG] [--json out.json]
+
+Workload: the latent y of a trained model on a Kodak image when --weights is given (real
+symbols, indexes and CDFs); otherwise a synthetic Gaussian-scale workload shaped like
+mbt2018-mean's y on a 768x512 image (320 x 32 x 48 symbols, scales log-uniform in [0.11, 8],
+CompressAI's 64-entry scale table), which is what the table says. Both coders get the same
+symbols, indexes and tables; CompressAI's times include its list conversions, as its API
+requires them. Overhead is the stream size against the ideal code length -sum log2 p of the
+symbols under each coder's own quantised tables.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+from lickd.entropy import GaussianConditional, get_scale_table, stream_info
+
+
+def timeit(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def ideal_bytes(cdf: torch.Tensor, offset: torch.Tensor, cdf_length: torch.Tensor, symbols, indexes, precision):
+    """-sum log2 p / 8 under quantised tables (escapes counted at the escape symbol's probability)."""
+    idx = indexes.long()
+    value = symbols.long() - offset.long()[idx]
+    esc = (cdf_length.long() - 2)[idx]
+    s = torch.where((value < 0) | (value >= esc), esc, value)
+    freq = cdf.long()[idx, s + 1] - cdf.long()[idx, s]
+    return float((precision - torch.log2(freq.double())).sum()) / 8
+
+
+def synthetic_workload(n_channels, height, width, seed=0):
+    rng = np.random.default_rng(seed)
+    n = n_channels * height * width
+    scales = torch.from_numpy(np.exp(rng.uniform(math.log(0.11), math.log(8), n))).float()
+    symbols = torch.round(torch.from_numpy(rng.normal(size=n)).float() * scales).int()
+    return symbols, scales, "synthetic Gaussian-scale latent (no trained weights given)"
+
+
+def model_workload(weights, image):
+    from PIL import Image
+
+    from lickd import StudentCodec
+    from lickd.image import pad_to_multiple, to_tensor
+
+    codec = StudentCodec.from_file(weights, device="cpu")
+    model = codec.model
+    x = pad_to_multiple(to_tensor(Image.open(image))[0], model.downsampling_factor)
+    with torch.no_grad():
+        y = model.g_a(x)
+        z_hat = model.entropy_bottleneck.quantize(model._hyper_analysis(y), "dequantize",
+                                                  model.entropy_bottleneck.expanded_medians(1, 2))
+        scales, means = model._gaussian_params(z_hat)
+        symbols = model.gaussian_conditional.quantize(y, "symbols", means)
+    return symbols.reshape(-1), scales.reshape(-1), f"y of {codec.name} on {os.path.basename(image)}"
+
+
+def environment():
+    from lickd.eval.runner import environment as env
+
+    return env()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small workload, few repeats (CI-sized)")
+    p.add_argument("--weights", help="trained lickd weights: code the real y of --image")
+    p.add_argument("--image", default="../shared/data/kodak/kodim23.png")
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--json", help="write the numbers here")
+    args = p.parse_args(argv)
+    repeats = args.repeats or (3 if args.quick else 10)
+
+    if args.weights:
+        symbols, scales, workload = model_workload(args.weights, args.image)
+    else:
+        symbols, scales, workload = synthetic_workload(*((64, 16, 24) if args.quick else (320, 32, 48)))
+    n = symbols.numel()
+    rows = []
+
+    # lickd: P = 15 tables built by our quantiser.
+    gc = GaussianConditional(None)
+    gc.update_scale_table(get_scale_table())
+    indexes = gc.build_indexes(scales)
+    tables = gc.tables
+    ideal = ideal_bytes(gc._quantized_cdf, gc._offset, gc._cdf_length, symbols, indexes, 15)
+    threads = os.cpu_count() or 1
+    for label, kw in (("lickd CPU, 1 thread", {"threads": 1}), (f"lickd CPU, {threads} threads", {"threads": threads})):
+        data = tables.encode(symbols, indexes, **kw)
+        assert torch.equal(tables.decode(data, indexes, **kw), symbols)
+        t_enc = timeit(lambda: tables.encode(symbols, indexes, **kw), repeats)
+        t_dec = timeit(lambda: tables.decode(data, indexes, **kw), repeats)
+        info = stream_info(data)
+        rows.append({"coder": label, "encode_msym_s": n / t_enc / 1e6, "decode_msym_s": n / t_dec / 1e6,
+                     "bytes": len(data), "ideal_bytes": ideal, "overhead_pct": 100 * (len(data) / ideal - 1),
+                     "layout": f"{info['n_chunks']} chunk(s) x {info['lanes']} lanes, P=15"})
+
+    # CompressAI on the same symbols with its own (P = 16) tables.
+    try:
+        from compressai.ans import RansDecoder, RansEncoder
+        from compressai.entropy_models import GaussianConditional as CaiGC
+        from compressai.models.base import get_scale_table as cai_scales
+
+        cai = CaiGC(None)
+        cai.update_scale_table(cai_scales())
+        cai_idx = cai.build_indexes(scales)
+        assert torch.equal(cai_idx, indexes)
+        cdf, lengths, offsets = cai._quantized_cdf, cai._cdf_length, cai._offset
+
+        def cai_encode():
+            return RansEncoder().encode_with_indexes(symbols.tolist(), cai_idx.int().tolist(), cdf.tolist(),
+                                                     lengths.tolist(), offsets.tolist())
+
+        blob = cai_encode()
+
+        def cai_decode():
+            return RansDecoder().decode_with_indexes(blob, cai_idx.int().tolist(), cdf.tolist(), lengths.tolist(),
+                                                     offsets.tolist())
+
+        assert cai_decode() == symbols.tolist()
+        cai_ideal = ideal_bytes(cdf, offsets, lengths, symbols, indexes, 16)
+        rows.insert(0, {"coder": "CompressAI 1.2.8 RansEncoder/Decoder", "encode_msym_s": n / timeit(cai_encode, repeats) / 1e6,
+                        "decode_msym_s": n / timeit(cai_decode, repeats) / 1e6, "bytes": len(blob),
+                        "ideal_bytes": cai_ideal, "overhead_pct": 100 * (len(blob) / cai_ideal - 1),
+                        "layout": "1 stream, rans64, P=16"})
+    except ImportError:
+        rows.insert(0, {"coder": "CompressAI (not installed)"})
+
+    rows.append({"coder": "lickd CUDA", "note": "not measured: no CUDA coder in this build / no GPU here"})
+    print(f"workload: {workload}, {n:,} symbols; median of {repeats}; {platform.processor() or platform.machine()}")
+    print(f"{'coder':40s} {'enc Msym/s':>11s} {'dec Msym/s':>11s} {'bytes':>9s} {'overhead':>9s}  layout")
+    for r in rows:
+        if "encode_msym_s" not in r:
+            print(f"{r['coder']:40s} {r.get('note', '')}")
+            continue
+        print(f"{r['coder']:40s} {r['encode_msym_s']:11.1f} {r['decode_msym_s']:11.1f} {r['bytes']:9,d} "
+              f"{r['overhead_pct']:+8.3f}%  {r['layout']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"workload": workload, "n_symbols": n, "repeats": repeats, "rows": rows,
+                       "environment": environment()}, f, indent=2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
