@@ -1,8 +1,11 @@
 """Triton kernels of lickd, shipped as ``lickd.kernels``.
 
-The fused GDN/IGDN + (transposed) convolution kernels land here (see the kernel issue);
-until then every model runs its PyTorch layers (``lickd.layers``), which are the reference
-these kernels are tested against.
+Fused (transposed) convolution + bias + GDN/IGDN/ReLU/LeakyReLU epilogues (``conv_act``), their
+launchers and autograd functions (``ops``), and ``FusedSequential`` (``modules``), which
+``lickd.accelerate`` swaps into a model's transforms without changing its ``state_dict``.
+Importing this package needs Triton; the models themselves never do.
 """
+from .modules import FusedSequential, kernels_available
+from .ops import FusedConvActFunction, reference
 
-__all__: list[str] = []
+__all__ = ["FusedConvActFunction", "FusedSequential", "kernels_available", "reference"]

@@ -7,8 +7,9 @@
 """
 __version__ = "0.1.0"
 
+from .accelerate import accelerate
 from .codec import StudentCodec, read_info
 from .errors import CorruptFileError, ImageFormatError, LickdError, ModelNotFoundError
 
-__all__ = ["CorruptFileError", "ImageFormatError", "LickdError", "ModelNotFoundError", "StudentCodec",
+__all__ = ["accelerate", "CorruptFileError", "ImageFormatError", "LickdError", "ModelNotFoundError", "StudentCodec",
            "__version__", "read_info"]

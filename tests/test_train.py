@@ -201,7 +201,7 @@ def test_torchrun_two_processes_on_gloo_keep_ranks_in_sync(tmp_path, train_dir):
            "--set", "patch_size=64", "--set", "batch_size=2", "--set", "steps=6", "--set", "ckpt_every=3",
            "--set", "tensorboard=false", "--set", "device=cpu", "--set", f"run_dir={run_dir}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-6000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     prints = summary["rank_fingerprints"]

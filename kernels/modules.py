@@ -1,0 +1,113 @@
+"""``FusedSequential``: a drop-in ``nn.Sequential`` whose (transposed) conv + activation pairs run
+as fused Triton kernels.
+
+It keeps the original layers as its children under the same names, so ``state_dict`` keys (and
+CompressAI compatibility) do not change, and it falls back to the plain layers wherever the
+kernels do not apply: on CPUs (unless ``TRITON_INTERPRET=1``), for layer shapes the kernels do not
+cover, or when asked to (``enabled=False``).
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .ops import FusedConvActFunction, pack_conv_weight, pack_deconv_weight, pack_gdn
+
+
+def _is_gdn(m: nn.Module) -> bool:
+    # lickd's GDN and CompressAI's share these attributes (and state_dict keys).
+    return all(hasattr(m, a) for a in ("beta", "gamma", "beta_reparam", "gamma_reparam", "inverse"))
+
+
+def _activation(m: Optional[nn.Module]) -> Optional[str]:
+    if m is None:
+        return None
+    if _is_gdn(m) and type(m).__name__ == "GDN":  # not GDN1 (|x|, no sqrt): left to PyTorch
+        return "igdn" if m.inverse else "gdn"
+    if type(m) is nn.ReLU:
+        return "relu"
+    if type(m) is nn.LeakyReLU and m.negative_slope == 0.01:
+        return "leaky_relu"
+    return None
+
+
+def _conv_spec(m: nn.Module) -> Optional[tuple]:
+    """(transposed, stride, pad) when the kernels implement this layer, else None."""
+    if type(m) is nn.Conv2d and m.groups == 1 and m.dilation == (1, 1) and m.padding_mode == "zeros" \
+            and m.kernel_size[0] == m.kernel_size[1] and m.stride[0] == m.stride[1] and m.padding[0] == m.padding[1] \
+            and m.bias is not None:
+        return False, m.stride[0], m.padding[0]
+    if type(m) is nn.ConvTranspose2d and m.kernel_size == (5, 5) and m.stride == (2, 2) and m.padding == (2, 2) \
+            and m.output_padding == (1, 1) and m.groups == 1 and m.dilation == (1, 1) and m.bias is not None:
+        return True, 2, 2
+    return None
+
+
+def kernels_available(x: torch.Tensor) -> bool:
+    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+class FusedSequential(nn.Sequential):
+    """``nn.Sequential`` of conv/GDN/ReLU layers with fused execution of each conv + activation."""
+
+    def __init__(self, *layers: nn.Module, dtype: torch.dtype = torch.bfloat16, enabled: bool = True):
+        super().__init__(*layers)
+        self.dtype, self.enabled = dtype, enabled
+        self._cache: dict = {}
+
+    @classmethod
+    def from_sequential(cls, seq: nn.Sequential, dtype: torch.dtype = torch.bfloat16) -> "FusedSequential":
+        return cls(*seq, dtype=dtype)
+
+    def plan(self) -> list[tuple]:
+        """Steps: ("fused", conv_index, act_module_or_None, act_name, spec) or ("layer", index)."""
+        layers, steps, i = list(self), [], 0
+        while i < len(layers):
+            spec = _conv_spec(layers[i])
+            if spec is None:
+                steps.append(("layer", i))
+                i += 1
+                continue
+            nxt = layers[i + 1] if i + 1 < len(layers) else None
+            act = _activation(nxt)
+            steps.append(("fused", i, nxt if act else None, act or "none", spec))
+            i += 2 if act else 1
+        return steps
+
+    def _packed(self, i: int, conv: nn.Module, transposed: bool, act_module, act: str) -> dict:
+        versions = (conv.weight._version, conv.weight.data_ptr(), str(conv.weight.device), self.dtype)
+        if act_module is not None and act in ("gdn", "igdn"):
+            versions += (act_module.beta._version, act_module.gamma._version, act_module.beta.data_ptr())
+        hit = self._cache.get(i)
+        if hit is not None and hit[0] == versions:
+            return hit[1]
+        packer = pack_deconv_weight if transposed else pack_conv_weight
+        packed = {"w": packer(conv.weight, self.dtype)}
+        if act in ("gdn", "igdn"):
+            with torch.no_grad():
+                beta, gamma = act_module.beta_reparam(act_module.beta), act_module.gamma_reparam(act_module.gamma)
+            packed["gdn"] = pack_gdn(beta, gamma, self.dtype)
+        self._cache[i] = (versions, packed)
+        return packed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.enabled and kernels_available(x)):
+            return super().forward(x)
+        layers = list(self)
+        out_dtype = x.dtype
+        for step in self.plan():
+            if step[0] == "layer":
+                x = layers[step[1]](x)
+                continue
+            _, i, act_module, act, (transposed, stride, pad) = step
+            conv = layers[i]
+            beta = gamma = None
+            if act in ("gdn", "igdn"):
+                beta, gamma = act_module.beta_reparam(act_module.beta), act_module.gamma_reparam(act_module.gamma)
+            packed = self._packed(i, conv, transposed, act_module, act)
+            x = FusedConvActFunction.apply(x, conv.weight, conv.bias, beta, gamma, packed,
+                                           (transposed, stride, pad, act, self.dtype))
+        return x.to(out_dtype)

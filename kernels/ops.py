@@ -1,0 +1,158 @@
+"""Launchers and autograd functions for the fused (transposed) convolution + activation kernels.
+
+Weights are packed once per (weights version, dtype, device) into the layouts the kernels read:
+conv ``[K_PAD, C_PAD]`` (rows kh, kw, ci), transposed conv ``[4 phases, K_PAD, C_PAD]`` (rows
+th, tw, ci), and GDN's ``gamma^T`` ``[C_PAD, C_PAD]`` with ``beta`` padded with ones (so padded
+channels stay finite and are never stored).
+
+The autograd functions run the fused kernel forward and compute the backward by recomputing
+the PyTorch reference (conv + GDN) on the saved inputs: exact gradients of the same function,
+which the tests check against float64.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+import triton
+from torch import Tensor
+
+from .conv_act import ACT_GDN, ACT_IGDN, ACT_LEAKY, ACT_NONE, ACT_RELU, conv_act_kernel, deconv_act_kernel
+
+ACTIVATIONS = {"none": ACT_NONE, "gdn": ACT_GDN, "igdn": ACT_IGDN, "relu": ACT_RELU, "leaky_relu": ACT_LEAKY}
+BLOCK_M, BLOCK_K = 32, 32
+
+
+def _upcast(dtype: torch.dtype) -> bool:
+    """Widen bf16 dot operands to fp32 under the CPU interpreter (see conv_act._dot)."""
+    return dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _c_pad(c: int) -> int:
+    return max(16, triton.next_power_of_2(c))
+
+
+def _k_pad(k: int) -> int:
+    return triton.cdiv(k, BLOCK_K) * BLOCK_K
+
+
+def pack_conv_weight(weight: Tensor, dtype: torch.dtype) -> Tensor:
+    """[Cout, Cin, KS, KS] -> [K_PAD, C_PAD], rows (kh, kw, ci)."""
+    cout, cin, ks, _ = weight.shape
+    rows = weight.detach().permute(2, 3, 1, 0).reshape(ks * ks * cin, cout)
+    out = torch.zeros(_k_pad(rows.shape[0]), _c_pad(cout), dtype=dtype, device=weight.device)
+    out[: rows.shape[0], :cout] = rows
+    return out
+
+
+def pack_deconv_weight(weight: Tensor, dtype: torch.dtype) -> Tensor:
+    """[Cin, Cout, 5, 5] (ConvTranspose2d) -> [4, K_PAD, C_PAD]; phase (py, px), rows (th, tw, ci)
+    holding W[ci, co, py + 2 th, px + 2 tw] for th < 3 - py, tw < 3 - px, zero otherwise."""
+    cin, cout = weight.shape[:2]
+    out = torch.zeros(4, _k_pad(9 * cin), _c_pad(cout), dtype=dtype, device=weight.device)
+    w = weight.detach()
+    for py in range(2):
+        for px in range(2):
+            for th in range(3 - py):
+                for tw in range(3 - px):
+                    row = (th * 3 + tw) * cin
+                    out[py * 2 + px, row:row + cin, :cout] = w[:, :, py + 2 * th, px + 2 * tw]
+    return out
+
+
+def pack_gdn(beta: Tensor, gamma: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Effective (beta, gamma) -> (beta padded with ones as fp32, gamma^T padded with zeros)."""
+    c = beta.numel()
+    cp = _c_pad(c)
+    beta_p = torch.ones(cp, dtype=torch.float32, device=beta.device)
+    beta_p[:c] = beta.detach().float()
+    # The squared activations are the dot's other operand: fp16 would overflow above |x| = 255.9.
+    gamma_t = torch.zeros(cp, cp, dtype=torch.bfloat16 if dtype == torch.float16 else dtype, device=gamma.device)
+    gamma_t[:c, :c] = gamma.detach().t()  # norm_i = sum_j x_j^2 gamma[i, j]
+    return beta_p, gamma_t
+
+
+def _dummy(device, dtype=torch.float32):
+    return torch.zeros(16 * 16, dtype=dtype, device=device)
+
+
+def conv_act_nhwc(x: Tensor, w_packed: Tensor, bias: Tensor, cout: int, ks: int, stride: int, pad: int,
+                  act: int, gdn: tuple[Tensor, Tensor] | None = None, out_dtype: torch.dtype | None = None) -> Tensor:
+    """x: [B, H, W, Cin] contiguous -> [B, HO, WO, Cout]."""
+    bsz, h, w, cin = x.shape
+    ho, wo = (h + 2 * pad - ks) // stride + 1, (w + 2 * pad - ks) // stride + 1
+    y = torch.empty(bsz, ho, wo, cout, dtype=out_dtype or x.dtype, device=x.device)
+    m = bsz * ho * wo
+    beta_p, gamma_t = gdn if gdn is not None else (_dummy(x.device), _dummy(x.device, w_packed.dtype))
+    conv_act_kernel[(triton.cdiv(m, BLOCK_M),)](
+        x, w_packed, bias.detach().float().contiguous(), gamma_t, beta_p, y, h, w, ho, wo, m, cin, cout,
+        KS=ks, STRIDE=stride, PAD=pad, C_PAD=w_packed.shape[1], ACT=act, UPCAST=_upcast(w_packed.dtype),
+        BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K)
+    return y
+
+
+def deconv_act_nhwc(x: Tensor, w_packed: Tensor, bias: Tensor, cout: int, act: int,
+                    gdn: tuple[Tensor, Tensor] | None = None, out_dtype: torch.dtype | None = None) -> Tensor:
+    """x: [B, H, W, Cin] contiguous -> [B, 2H, 2W, Cout] (transposed conv 5x5/s2, p=2, op=1)."""
+    bsz, h, w, cin = x.shape
+    y = torch.empty(bsz, 2 * h, 2 * w, cout, dtype=out_dtype or x.dtype, device=x.device)
+    m = bsz * h * w
+    beta_p, gamma_t = gdn if gdn is not None else (_dummy(x.device), _dummy(x.device, w_packed.dtype))
+    deconv_act_kernel[(triton.cdiv(m, BLOCK_M), 4)](
+        x, w_packed, bias.detach().float().contiguous(), gamma_t, beta_p, y, h, w, m, cin, cout,
+        C_PAD=w_packed.shape[2], ACT=act, UPCAST=_upcast(w_packed.dtype), BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K)
+    return y
+
+
+# ---------------------------------------------------------------------------- reference
+def reference(x: Tensor, weight: Tensor, bias: Tensor, *, transposed: bool, stride: int, pad: int, act: str,
+              beta: Tensor | None = None, gamma: Tensor | None = None) -> Tensor:
+    """The PyTorch definition the kernels implement (NCHW)."""
+    if transposed:
+        y = F.conv_transpose2d(x, weight, bias, stride=stride, padding=pad, output_padding=stride - 1)
+    else:
+        y = F.conv2d(x, weight, bias, stride=stride, padding=pad)
+    if act in ("gdn", "igdn"):
+        c = y.size(1)
+        norm = F.conv2d(y * y, gamma.reshape(c, c, 1, 1), beta)
+        return y * (torch.sqrt(norm) if act == "igdn" else torch.rsqrt(norm))
+    if act == "relu":
+        return F.relu(y)
+    if act == "leaky_relu":
+        return F.leaky_relu(y, 0.01)
+    return y
+
+
+class FusedConvActFunction(torch.autograd.Function):
+    """Fused forward; backward by recomputing ``reference`` (exact gradients)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, beta, gamma, packed, spec):
+        transposed, stride, pad, act, dtype = spec
+        ctx.save_for_backward(x, weight, bias, beta, gamma)
+        ctx.spec = spec
+        x_nhwc = x.permute(0, 2, 3, 1).to(dtype).contiguous()
+        gdn = packed["gdn"] if act in ("gdn", "igdn") else None
+        cout = weight.shape[1] if transposed else weight.shape[0]
+        if transposed:
+            y = deconv_act_nhwc(x_nhwc, packed["w"], bias, cout, ACTIVATIONS[act], gdn, out_dtype=dtype)
+        else:
+            y = conv_act_nhwc(x_nhwc, packed["w"], bias, cout, weight.shape[-1], stride, pad, ACTIVATIONS[act], gdn,
+                              out_dtype=dtype)
+        # Logical NCHW, physically NHWC (channels_last): no copy.
+        return y.permute(0, 3, 1, 2).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, bias, beta, gamma = ctx.saved_tensors
+        transposed, stride, pad, act, _ = ctx.spec
+        inputs = [t.detach().requires_grad_(t.requires_grad) if t is not None else None
+                  for t in (x, weight, bias, beta, gamma)]
+        with torch.enable_grad():
+            y = reference(inputs[0], inputs[1], inputs[2], transposed=transposed, stride=stride, pad=pad, act=act,
+                          beta=inputs[3], gamma=inputs[4])
+            wanted = [t for t in inputs if t is not None and t.requires_grad]
+            grads = iter(torch.autograd.grad(y, wanted, grad_out, allow_unused=True)) if wanted else iter(())
+        out = [next(grads) if t is not None and t.requires_grad else None for t in inputs]
+        return (*out, None, None)
