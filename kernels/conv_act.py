@@ -24,8 +24,8 @@ ACT_NONE, ACT_GDN, ACT_IGDN, ACT_RELU, ACT_LEAKY = 0, 1, 2, 3, 4
 
 @triton.jit
 def _dot(a, b, acc, UPCAST: tl.constexpr):
-    # Triton's CPU interpreter multiplies bf16 operands wrongly: there (only) they are widened
-    # to fp32 first, which gives the same products (bf16 x bf16 is exact in fp32).
+    # Triton's CPU interpreter multiplies bf16 operands wrongly: there (only) 16-bit operands are
+    # widened to fp32 first, which gives the same products (16 x 16-bit products are exact in fp32).
     if UPCAST:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
     return tl.dot(a, b, acc)

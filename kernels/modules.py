@@ -98,7 +98,8 @@ class FusedSequential(nn.Sequential):
             return super().forward(x)
         layers = list(self)
         out_dtype = x.dtype
-        for step in self.plan():
+        steps = self.plan()
+        for n, step in enumerate(steps):
             if step[0] == "layer":
                 x = layers[step[1]](x)
                 continue
@@ -108,6 +109,9 @@ class FusedSequential(nn.Sequential):
             if act in ("gdn", "igdn"):
                 beta, gamma = act_module.beta_reparam(act_module.beta), act_module.gamma_reparam(act_module.gamma)
             packed = self._packed(i, conv, transposed, act_module, act)
+            # Intermediate activations stay in the storage dtype; the transform's output is
+            # written in the caller's dtype directly (one rounding less on y and x_hat).
+            last = n == len(steps) - 1
             x = FusedConvActFunction.apply(x, conv.weight, conv.bias, beta, gamma, packed,
-                                           (transposed, stride, pad, act, self.dtype))
+                                           (transposed, stride, pad, act, self.dtype, out_dtype if last else None))
         return x.to(out_dtype)

@@ -25,8 +25,9 @@ BLOCK_M, BLOCK_K = 32, 32
 
 
 def _upcast(dtype: torch.dtype) -> bool:
-    """Widen bf16 dot operands to fp32 under the CPU interpreter (see conv_act._dot)."""
-    return dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
+    """Widen 16-bit dot operands to fp32 under the CPU interpreter (see conv_act._dot); the
+    products are exact either way."""
+    return dtype != torch.float32 and os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _c_pad(c: int) -> int:
@@ -129,24 +130,25 @@ class FusedConvActFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, beta, gamma, packed, spec):
-        transposed, stride, pad, act, dtype = spec
+        """spec: (transposed, stride, pad, act, compute dtype, output dtype or None = compute dtype)."""
+        transposed, stride, pad, act, dtype, out_dtype = spec
         ctx.save_for_backward(x, weight, bias, beta, gamma)
         ctx.spec = spec
         x_nhwc = x.permute(0, 2, 3, 1).to(dtype).contiguous()
         gdn = packed["gdn"] if act in ("gdn", "igdn") else None
         cout = weight.shape[1] if transposed else weight.shape[0]
         if transposed:
-            y = deconv_act_nhwc(x_nhwc, packed["w"], bias, cout, ACTIVATIONS[act], gdn, out_dtype=dtype)
+            y = deconv_act_nhwc(x_nhwc, packed["w"], bias, cout, ACTIVATIONS[act], gdn, out_dtype=out_dtype or dtype)
         else:
             y = conv_act_nhwc(x_nhwc, packed["w"], bias, cout, weight.shape[-1], stride, pad, ACTIVATIONS[act], gdn,
-                              out_dtype=dtype)
+                              out_dtype=out_dtype or dtype)
         # Logical NCHW, physically NHWC (channels_last): no copy.
-        return y.permute(0, 3, 1, 2).to(x.dtype)
+        return y.permute(0, 3, 1, 2)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, bias, beta, gamma = ctx.saved_tensors
-        transposed, stride, pad, act, _ = ctx.spec
+        transposed, stride, pad, act, _, _ = ctx.spec
         inputs = [t.detach().requires_grad_(t.requires_grad) if t is not None else None
                   for t in (x, weight, bias, beta, gamma)]
         with torch.enable_grad():

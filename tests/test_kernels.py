@@ -1,0 +1,175 @@
+"""Fused Triton kernels against a float64 PyTorch reference, forward and backward.
+
+Without a GPU they run under Triton's CPU interpreter (TRITON_INTERPRET=1, set in conftest.py
+before Triton is imported) on small shapes; with a GPU the same tests run the compiled kernels
+and add full-size cases.
+"""
+import random
+
+import pytest
+import torch
+from torch import nn
+
+triton = pytest.importorskip("triton")
+
+from lickd import accelerate  # noqa: E402
+from lickd.kernels import FusedSequential, reference  # noqa: E402
+from lickd.kernels.ops import FusedConvActFunction, pack_conv_weight, pack_deconv_weight, pack_gdn  # noqa: E402
+from lickd.layers import GDN  # noqa: E402
+from lickd.models import build_model  # noqa: E402
+
+GPU = torch.cuda.is_available()
+DEVICE = "cuda" if GPU else "cpu"
+# Relative L2 error bounds per layer: fp32 (TF32 on GPUs), fp16, bf16 storage.
+TOL = {torch.float32: 2e-3 if GPU else 1e-5, torch.float16: 3e-3, torch.bfloat16: 1.2e-2}
+
+
+def rel(a, b):
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def random_gdn(c, inverse):
+    g = GDN(c, inverse=inverse)
+    with torch.no_grad():
+        g.gamma.add_(0.05 * torch.rand_like(g.gamma))
+        g.beta.add_(0.1 * torch.rand_like(g.beta))
+    return g.double()
+
+
+LAYERS = [
+    # (name, transposed, cin, cout, ks, stride, pad, act)
+    ("g_a first conv 3->C + GDN", False, 3, 24, 5, 2, 2, "gdn"),
+    ("conv C->C + GDN, non-power-of-two C", False, 24, 40, 5, 2, 2, "gdn"),
+    ("g_a last conv N->M", False, 16, 20, 5, 2, 2, "none"),
+    ("h_a conv3x3/s1 + ReLU", False, 20, 16, 3, 1, 1, "relu"),
+    ("h_a conv3x3/s1 + LeakyReLU", False, 20, 16, 3, 1, 1, "leaky_relu"),
+    ("deconv M->N + IGDN", True, 20, 24, 5, 2, 2, "igdn"),
+    ("deconv C->C + IGDN, C=48", True, 48, 48, 5, 2, 2, "igdn"),
+    ("g_s last deconv N->3", True, 16, 3, 5, 2, 2, "none"),
+    ("h_s deconv + ReLU", True, 16, 16, 5, 2, 2, "relu"),
+]
+
+
+def make_layer(transposed, cin, cout, ks, act):
+    shape = (cin, cout, ks, ks) if transposed else (cout, cin, ks, ks)
+    fan = cin * ks * ks / (4 if transposed else 1)
+    w = torch.randn(*shape, dtype=torch.float64) / fan**0.5
+    b = 0.1 * torch.randn(cout, dtype=torch.float64)
+    beta = gamma = None
+    if act in ("gdn", "igdn"):
+        beta, gamma = random_gdn(cout, act == "igdn").effective_params()
+        beta, gamma = beta.detach(), gamma.detach()
+    return w, b, beta, gamma
+
+
+def run_fused(x, w, b, beta, gamma, transposed, stride, pad, act, dtype):
+    packer = pack_deconv_weight if transposed else pack_conv_weight
+    packed = {"w": packer(w.to(DEVICE), dtype)}
+    if beta is not None:
+        packed["gdn"] = pack_gdn(beta.to(DEVICE), gamma.to(DEVICE), dtype)
+    args = [t.to(DEVICE, torch.float32) if t is not None else None for t in (x, w, b, beta, gamma)]
+    return FusedConvActFunction.apply(*args, packed, (transposed, stride, pad, act, dtype, torch.float32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layer", LAYERS, ids=[spec[0] for spec in LAYERS])
+def test_layer_forward_matches_float64(layer, dtype):
+    _, transposed, cin, cout, ks, stride, pad, act = layer
+    h, w_ = random.randint(5, 9), random.randint(5, 11)
+    x = torch.randn(random.choice([1, 2]), cin, h, w_, dtype=torch.float64)
+    if cin == 3:
+        x = x.abs().clamp(max=1)  # image-like input of the first layer
+    w, b, beta, gamma = make_layer(transposed, cin, cout, ks, act)
+    ref = reference(x, w, b, transposed=transposed, stride=stride, pad=pad, act=act, beta=beta, gamma=gamma)
+    y = run_fused(x, w, b, beta, gamma, transposed, stride, pad, act, dtype)
+    assert y.shape == ref.shape and y.dtype == torch.float32
+    assert bool(torch.isfinite(y).all())
+    assert rel(y.cpu(), ref) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("transposed,act", [(False, "gdn"), (True, "igdn"), (False, "leaky_relu")])
+def test_layer_backward_matches_float64(transposed, act):
+    cin, cout = 12, 20
+    x = torch.randn(1, cin, 6, 7, dtype=torch.float64)
+    w, b, _, _ = make_layer(transposed, cin, cout, 5, act)
+    gdn = random_gdn(cout, act == "igdn") if act in ("gdn", "igdn") else None
+
+    def grads(fused):
+        xs, ws, bs = (t.detach().clone().requires_grad_(True) for t in (x, w, b))
+        g = None
+        if gdn is not None:
+            g = GDN(cout, inverse=act == "igdn").to(xs.dtype)
+            g.load_state_dict(gdn.state_dict())
+        if fused:
+            g32 = g.float() if g is not None else None
+            beta, gamma = g32.effective_params() if g32 is not None else (None, None)
+            y = run_fused(xs.float(), ws.float(), bs.float(), beta, gamma, transposed, 2, 2, act, torch.float32)
+            params = [g32.beta, g32.gamma] if g32 is not None else []
+        else:
+            beta, gamma = g.effective_params() if g is not None else (None, None)
+            y = reference(xs, ws, bs, transposed=transposed, stride=2, pad=2, act=act, beta=beta, gamma=gamma)
+            params = [g.beta, g.gamma] if g is not None else []
+        weight = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)
+        loss = (y * weight).sum()
+        return torch.autograd.grad(loss, [xs, ws, bs, *params])
+
+    for got, want in zip(grads(True), grads(False)):
+        assert rel(got, want) <= 1e-4
+
+
+@pytest.mark.parametrize("arch", ["bmshj2018-factorized", "mbt2018-mean"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_accelerated_transforms_match_reference_and_keep_state_dict(arch, dtype):
+    torch.manual_seed(0)
+    model = build_model(arch, 16, 20).eval()
+    keys = list(model.state_dict())
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        ref_y = model.g_a.double()(x.double())
+        ref_x = model.g_s.double()(ref_y)
+    model.float()
+    accelerate(model, dtype=dtype, hyper=True)
+    assert isinstance(model.g_a, FusedSequential) and isinstance(getattr(model, "h_s", model.g_s), FusedSequential)
+    assert list(model.state_dict()) == keys
+    assert [s[0] for s in model.g_a.plan()] == ["fused"] * 4  # 3 conv+GDN pairs and the last conv
+    model.to(DEVICE)
+    with torch.no_grad():
+        y = model.g_a(x.to(DEVICE))
+        x_hat = model.g_s(ref_y.float().to(DEVICE))
+    bound = 1e-2 if dtype == torch.bfloat16 else (2e-3 if GPU else 1e-5)
+    assert rel(y.cpu(), ref_y) <= bound and rel(x_hat.cpu(), ref_x) <= bound
+
+
+def test_compressai_model_accelerates_in_place():
+    cai = pytest.importorskip("compressai.models")
+    torch.manual_seed(0)
+    model = cai.ScaleHyperprior(16, 20).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model.g_a(x)
+    accelerate(model, dtype=torch.float32)
+    with torch.no_grad():
+        assert rel(model.to(DEVICE).g_a(x.to(DEVICE)).cpu(), ref) <= (2e-3 if GPU else 1e-5)
+
+
+def test_disabled_or_unsupported_layers_fall_back_exactly():
+    seq = nn.Sequential(nn.Conv2d(4, 16, 3, stride=1, padding=1, dilation=1, groups=2), nn.ReLU(),
+                        nn.Conv2d(16, 16, 5, stride=2, padding=2), nn.Tanh())
+    fused = FusedSequential.from_sequential(seq, dtype=torch.float32)
+    steps = fused.plan()
+    assert steps[0] == ("layer", 0) and steps[2][0] == "fused" and steps[2][3] == "none" and steps[3] == ("layer", 3)
+    x = torch.randn(1, 4, 8, 8)
+    fused.enabled = False
+    assert torch.equal(fused(x), seq(x))
+
+
+def test_training_step_through_fused_layers_updates_every_parameter():
+    torch.manual_seed(0)
+    model = accelerate(build_model("bmshj2018-hyperprior", 16, 20), dtype=torch.float32).to(DEVICE).train()
+    x = torch.rand(2, 3, 64, 64, device=DEVICE)
+    out = model(x)
+    loss = out["x_hat"].sub(x).square().mean() + sum(v.log().sum() for v in out["likelihoods"].values()) * -1e-4
+    loss.backward()
+    for name, p in model.named_parameters():
+        if not name.endswith("quantiles"):
+            assert p.grad is not None and bool(torch.isfinite(p.grad).all()), name
