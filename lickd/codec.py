@@ -12,7 +12,7 @@ its border, and the decoder crops back to the original size stored in the header
 from __future__ import annotations
 
 import os
-from typing import Optional, Union
+from typing import Union
 
 import torch
 
