@@ -32,6 +32,17 @@ def _dot(a, b, acc, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _pixel_rows(M, HGRID, WGRID, BLOCK_M: tl.constexpr):
+    """This program's BLOCK_M rows of a [B, HGRID, WGRID] pixel grid: (rows, mask, b, row, col)."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    hw = HGRID * WGRID
+    b = offs_m // hw
+    r = offs_m - b * hw
+    row = r // WGRID
+    return offs_m, offs_m < M, b, row, r - row * WGRID
+
+
+@triton.jit
 def _epilogue(acc, bias_ptr, gamma_t_ptr, beta_ptr, y_ptr, out_row, mask_m, COUT,
               C_PAD: tl.constexpr, ACT: tl.constexpr, UPCAST: tl.constexpr):
     n = tl.arange(0, C_PAD)
@@ -64,14 +75,7 @@ def conv_act_kernel(x_ptr, w_ptr, bias_ptr, gamma_t_ptr, beta_ptr, y_ptr,
 
     w is packed [K_PAD, C_PAD] with rows in (kh, kw, ci) order, zero past KS*KS*CIN and COUT.
     """
-    pid = tl.program_id(0)
-    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
-    hw = HO * WO
-    b = offs_m // hw
-    r = offs_m - b * hw
-    oh = r // WO
-    ow = r - oh * WO
+    offs_m, mask_m, b, oh, ow = _pixel_rows(M, HO, WO, BLOCK_M)
     ih0 = oh * STRIDE - PAD
     iw0 = ow * STRIDE - PAD
     offs_k = tl.arange(0, BLOCK_K)
@@ -104,17 +108,10 @@ def deconv_act_kernel(x_ptr, w_ptr, bias_ptr, gamma_t_ptr, beta_ptr, y_ptr,
     reads x[b, mh + 1 - th, mw + 1 - tw, :] with weight W[ci, co, py + 2*th, px + 2*tw]. w is packed
     [4, 9 * CIN (padded to BLOCK_K), C_PAD] with rows (th, tw, ci), zero for taps a phase lacks.
     """
-    pid = tl.program_id(0)
     phase = tl.program_id(1)
     py = phase // 2
     px = phase - py * 2
-    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
-    hw = H * W
-    b = offs_m // hw
-    r = offs_m - b * hw
-    mh = r // W
-    mw = r - mh * W
+    offs_m, mask_m, b, mh, mw = _pixel_rows(M, H, W, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
     n = tl.arange(0, C_PAD)
     kt = 9 * CIN
