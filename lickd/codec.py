@@ -12,7 +12,7 @@ its border, and the decoder crops back to the original size stored in the header
 from __future__ import annotations
 
 import os
-from typing import Union
+from typing import Sequence, Union
 
 import torch
 
@@ -63,22 +63,32 @@ class StudentCodec:
         return f"{self.info.name}@{self.info.short_hash}"
 
     # ------------------------------------------------------------------ coding
-    @torch.inference_mode()
     def compress(self, image: ImageLike, **coder_options) -> bytes:
         """Encodes an image (PIL, uint8 array or float tensor) to the bytes of a .lkd file."""
-        x, _ = to_tensor(image)
-        height, width = x.shape[-2:]
-        x = pad_to_multiple(x.to(self.device), self.model.downsampling_factor)
-        out = self.model.compress(x, **coder_options)
-        shapes = self.model.latent_shapes(*x.shape[-2:])
-        sections = [container.Section(name, shapes[name], strings[0])
-                    for name, strings in zip(self.model.latent_names, out["strings"])]
+        return self.compress_batch([image], **coder_options)[0]
+
+    @torch.inference_mode()
+    def compress_batch(self, images: Sequence[ImageLike], **coder_options) -> list[bytes]:
+        """Encodes many images; those of the same padded size go through the network together."""
+        factor = self.model.downsampling_factor
+        tensors = [to_tensor(img)[0] for img in images]
+        out: list[bytes] = [b""] * len(tensors)
+        for padded, members in _group_by(tensors, lambda t: _padded_size(t.shape[-2:], factor)).items():
+            x = torch.cat([pad_to_multiple(tensors[i].to(self.device), factor) for i in members])
+            coded = self.model.compress(x, **coder_options)
+            shapes = self.model.latent_shapes(*padded)
+            for k, i in enumerate(members):
+                sections = [container.Section(name, shapes[name], strings[k])
+                            for name, strings in zip(self.model.latent_names, coded["strings"])]
+                out[i] = self._file(tensors[i].shape[-2:], sections).to_bytes()
+        return out
+
+    def _file(self, size, sections) -> container.LkdFile:
         info = self.info
         return container.LkdFile(
             model=info.name, weights=info.short_hash, architecture=info.architecture, N=info.N, M=info.M,
-            height=int(height), width=int(width), coder=CODER_ID, quality=info.quality, lmbda=info.lmbda,
-            metric=info.metric, sections=sections,
-        ).to_bytes()
+            height=int(size[0]), width=int(size[1]), coder=CODER_ID, quality=info.quality, lmbda=info.lmbda,
+            metric=info.metric, sections=sections)
 
     def check_file(self, f: container.LkdFile) -> None:
         """Raises unless ``f`` was encoded by this model with this coder."""
@@ -87,30 +97,55 @@ class StudentCodec:
         if f.weights != self.info.short_hash:
             raise LickdError(f"file was encoded with model '{f.model}@{f.weights}', "
                              f"this codec holds '{self.name}'")
-        f_h, f_w = (-(-s // self.model.downsampling_factor) * self.model.downsampling_factor
-                    for s in (f.height, f.width))
-        expected = self.model.latent_shapes(f_h, f_w)
+        expected = self.model.latent_shapes(*_padded_size((f.height, f.width), self.model.downsampling_factor))
         got = {s.name: s.shape for s in f.sections}
         if got != expected:
             raise CorruptFileError(f"latent shapes {got} do not match the model and image size ({expected})")
+
+    def _decode_group(self, files: list[container.LkdFile]) -> dict[str, torch.Tensor]:
+        """Quantised latents of files of one padded size, decoded as one batch."""
+        strings = [[f.section(name).data for f in files] for name in self.model.latent_names]
+        # CompressAI's convention: ``shape`` is the spatial size of the last latent (y or z).
+        shape = files[0].section(self.model.latent_names[-1]).shape[-2:]
+        with torch.inference_mode():
+            return self.model.decode_latents(strings, shape)
 
     def decode_latents(self, data: bytes) -> tuple[container.LkdFile, dict[str, torch.Tensor]]:
         """Parses and checks a file, then decodes its quantised latents (before the synthesis)."""
         f = container.parse(data)
         self.check_file(f)
-        strings = [[f.section(name).data] for name in self.model.latent_names]
-        y_shape = f.section(self.model.latent_names[-1]).shape[-2:]
-        with torch.inference_mode():
-            latents = self.model.decode_latents(strings, y_shape)
-        return f, latents
+        return f, self._decode_group([f])
 
-    @torch.inference_mode()
     def decompress(self, data: bytes, output: OutputKind = "pil") -> ImageLike:
         """Decodes .lkd bytes to an image: a PIL image by default, or ``"numpy"`` (uint8 H x W x 3)
         or ``"tensor"`` (float 3 x H x W)."""
-        f, latents = self.decode_latents(data)
-        x_hat = self.model.g_s(latents["y"]).clamp_(0, 1)
-        return from_tensor(x_hat[..., : f.height, : f.width], output)
+        return self.decompress_batch([data], output)[0]
+
+    @torch.inference_mode()
+    def decompress_batch(self, datas: Sequence[bytes], output: OutputKind = "pil") -> list[ImageLike]:
+        """Decodes many files (all are checked first); same-size images share the network passes."""
+        files = [container.parse(d) for d in datas]
+        for f in files:
+            self.check_file(f)
+        factor = self.model.downsampling_factor
+        out: list = [None] * len(files)
+        for _, members in _group_by(files, lambda f: _padded_size((f.height, f.width), factor)).items():
+            latents = self._decode_group([files[i] for i in members])
+            x_hat = self.model.g_s(latents["y"]).clamp_(0, 1)
+            for k, i in enumerate(members):
+                out[i] = from_tensor(x_hat[k:k + 1, :, : files[i].height, : files[i].width], output)
+        return out
+
+
+def _padded_size(size, factor: int) -> tuple[int, int]:
+    return tuple(-(-int(s) // factor) * factor for s in size)
+
+
+def _group_by(items, key) -> dict:
+    groups: dict = {}
+    for i, item in enumerate(items):
+        groups.setdefault(key(item), []).append(i)
+    return groups
 
 
 def read_info(data: bytes) -> container.LkdFile:

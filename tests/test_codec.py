@@ -227,3 +227,19 @@ def test_from_pretrained_with_empty_registry_says_so(monkeypatch, tmp_path):
     monkeypatch.setattr(zoo, "REGISTRY_PATH", tmp_path / "none.json")
     with pytest.raises(ModelNotFoundError, match="registry is empty"):
         StudentCodec.from_pretrained(3, device="cpu")
+
+
+def test_batches_group_sizes_and_match_single_image_decoding(codecs):
+    codec = codecs["mbt2018-mean"]
+    rng = np.random.default_rng()
+    imgs = [random_image(40, 50, rng), random_image(70, 64, rng), random_image(40, 50, rng), random_image(3, 90, rng)]
+    files = codec.compress_batch(imgs)
+    assert len(files) == 4
+    batch = codec.decompress_batch(files, output="numpy")
+    for img, data, out in zip(imgs, files, batch):
+        assert out.shape == img.shape
+        assert np.array_equal(codec.decompress(data, output="numpy"), out)
+    bad = bytearray(files[2])
+    bad[-10] ^= 1
+    with pytest.raises(CorruptFileError):
+        codec.decompress_batch([files[0], bytes(bad)])
