@@ -60,6 +60,10 @@ def _atomic_write(path: Path, data: bytes, force: bool) -> None:
                 os.link(tmp, path)  # fails if path exists: no race with another writer
             except FileExistsError:
                 raise CliError(path, "exists (use -f to overwrite)") from None
+            except OSError:  # a file system without hard links: check, then rename
+                if path.exists():
+                    raise CliError(path, "exists (use -f to overwrite)") from None
+                os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
