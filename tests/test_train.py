@@ -229,3 +229,15 @@ def test_hybrid_teacher_supplies_the_z_target(tmp_path, train_dir):
         assert torch.equal(targets["latents"]["z"], trainer.hybrid_teacher(x)["latents"]["z"])
         assert torch.equal(targets["latents"]["y"], trainer.teacher(x)["latents"]["y"])
     assert trainer.train_step()["kd_z"] > 0
+
+
+def test_fused_transforms_train_like_the_reference(tmp_path, train_dir):
+    pytest.importorskip("triton")
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs a GPU or the Triton interpreter")
+    from lickd.kernels import FusedSequential
+    plain = Trainer(config(tmp_path / "p", train_dir, "steps=1", "batch_size=1"), progress=False)
+    fused = Trainer(config(tmp_path / "f", train_dir, "steps=1", "batch_size=1", "fused=true"), progress=False)
+    assert isinstance(fused.model.g_a, FusedSequential) and not isinstance(plain.model.g_a, FusedSequential)
+    a, b = plain.train_step(), fused.train_step()
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)

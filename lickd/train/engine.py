@@ -100,6 +100,12 @@ class Trainer:
         self.model.train()
         self.teacher = self._load_teacher(cfg.kd.teacher) if cfg.distilling else None
         self.hybrid_teacher = self._load_teacher(cfg.kd.hybrid_teacher) if cfg.distilling and cfg.kd.hybrid_teacher else None
+        if cfg.fused:  # same parameters and state_dict keys; PyTorch layers wherever kernels don't apply
+            from ..accelerate import accelerate
+
+            for m in (self.model, self.teacher, self.hybrid_teacher):
+                if m is not None:
+                    accelerate(m, dtype=torch.bfloat16 if cfg.amp else torch.float32)
         self.projection = Projection({}, {})
         if self.teacher is not None:
             widths = {"y": self.model.M, "z": self.model.N}
