@@ -172,9 +172,9 @@ def cmd_encode(args) -> None:
     out = Path(args.output) if args.output else src.with_suffix(".lkd")
     _check_output(out, args.force)
     image = _load_image(src)
-    codec = _codec_for_encode(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        codec = _codec_for_encode(args)
         t0 = time.perf_counter()
         data = codec.compress(image)
         _sync(codec.device)

@@ -50,9 +50,10 @@ class StudentCodec:
     @classmethod
     def from_pretrained(cls, name_or_quality: Union[str, int] = 3,
                         device: Union[str, torch.device, None] = "auto") -> "StudentCodec":
-        """A shipped model by registry name (``name`` or ``name@hash``) or by quality 1..8."""
+        """A shipped model by registry name (``name`` or ``name@hash``) or by quality 1..8 (the
+        nearest registered quality, with a warning, when that one is not shipped)."""
         if isinstance(name_or_quality, int):
-            entry = zoo.find(quality=name_or_quality)
+            entry = zoo.find_quality(name_or_quality)
         else:
             entry = zoo.find(name=name_or_quality)
         model, info = zoo.load_weights(entry.path, expected_sha256=entry.sha256)

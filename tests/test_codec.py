@@ -243,3 +243,35 @@ def test_batches_group_sizes_and_match_single_image_decoding(codecs):
     bad[-10] ^= 1
     with pytest.raises(CorruptFileError):
         codec.decompress_batch([files[0], bytes(bad)])
+
+
+def test_registry_lookup_by_quality_name_and_file_header(monkeypatch, tmp_path, weights_files, capsys):
+    import shutil
+    from lickd.cli import main
+    (tmp_path / "weights").mkdir()
+    entries = []
+    for quality, arch in ((2, "mbt2018-mean"), (4, "bmshj2018-hyperprior")):
+        dst = tmp_path / "weights" / f"m{quality}.safetensors"
+        shutil.copy(weights_files[arch], dst)
+        _, info = zoo.load_weights(dst)
+        entries.append({"name": info.name, "file": dst.name, "sha256": info.sha256, "architecture": arch,
+                        "N": info.N, "M": info.M, "quality": quality, "lambda": info.lmbda})
+    (tmp_path / "registry.json").write_text(json.dumps({"models": entries}))
+    monkeypatch.setattr(zoo, "REGISTRY_PATH", tmp_path / "registry.json")
+    monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path)
+    assert StudentCodec.from_pretrained(2, device="cpu").info.architecture == "mbt2018-mean"
+    with pytest.warns(UserWarning, match="quality 4"):  # 3 is missing: nearest, ties to the higher
+        assert StudentCodec.from_pretrained(3, device="cpu").info.architecture == "bmshj2018-hyperprior"
+    codec = StudentCodec.from_pretrained(entries[0]["name"], device="cpu")
+    # a file decodes with no model flags: its header names the registered model
+    src = tmp_path / "in.png"
+    Image.fromarray(random_image(30, 40)).save(src)
+    assert main(["encode", str(src), "-q", "2", "-o", str(tmp_path / "a.lkd")]) == 0
+    assert main(["decode", str(tmp_path / "a.lkd"), "-o", str(tmp_path / "a.png")]) == 0
+    assert Image.open(tmp_path / "a.png").size == (40, 30)
+    assert codec.decompress((tmp_path / "a.lkd").read_bytes()).size == (40, 30)
+    # a registry file whose hash does not match is refused
+    entries[0]["sha256"] = "0" * 64
+    (tmp_path / "registry.json").write_text(json.dumps({"models": entries}))
+    with pytest.raises(CorruptFileError, match="sha256"):
+        StudentCodec.from_pretrained(2, device="cpu")

@@ -48,9 +48,13 @@ def cmd_eval(args) -> None:
             codecs = [StudentCodec.from_file(w, device=args.device) for w in args.weights]
         elif args.model:
             codecs = [StudentCodec.from_pretrained(m, device=args.device) for m in args.model]
-        else:
-            codecs = [StudentCodec.from_pretrained(q, device=args.device)
-                      for q in _parse_qualities(args.quality or "1,2,3,4,5,6,7,8")]
+        elif args.quality:
+            codecs = [StudentCodec.from_pretrained(q, device=args.device) for q in _parse_qualities(args.quality)]
+        else:  # every shipped model
+            from .. import zoo
+
+            entries = zoo.registry() or [zoo.find()]  # find() raises the registry-empty error
+            codecs = [StudentCodec.from_pretrained(f"{e.name}@{e.sha256}", device=args.device) for e in entries]
         points = [LickdCodec(c) for c in codecs]
         name = args.name or points[0].name
         description = "; ".join(p.description() for p in points)
@@ -168,7 +172,7 @@ def add_commands(sub) -> None:
     src = e.add_mutually_exclusive_group()
     src.add_argument("--codec", choices=["jpeg", "webp", "avif"], help="a classical anchor through Pillow")
     src.add_argument("--weights", action="append", help="lickd weights file, one per RD point (repeatable)")
-    src.add_argument("--model", action="append", help="registered model name (repeatable)")
+    src.add_argument("--model", action="append", help="registered model name (repeatable; default: every shipped model)")
     e.add_argument("-q", "--quality", help="comma-separated qualities (codec scale, or lickd registry 1..8)")
     e.add_argument("--subsampling", choices=["default", "444"], default="default",
                    help="chroma subsampling of the classical codecs (default: the encoder's own, 4:2:0)")

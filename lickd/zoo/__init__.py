@@ -12,6 +12,7 @@ import copy
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -165,4 +166,16 @@ def find(name: Optional[str] = None, quality: Optional[int] = None, weights_hash
     return matches[0]
 
 
-__all__ = ["ModelInfo", "file_sha256", "find", "load_weights", "registry", "save_weights"]
+def find_quality(quality: int) -> ModelInfo:
+    """The registered model of this quality, else the nearest one (ties: the higher), with a warning."""
+    entries = [e for e in registry() if e.quality is not None]
+    if not entries:
+        return find(quality=quality)  # raises the registry-empty / not-found error
+    best = min(entries, key=lambda e: (abs(e.quality - quality), -e.quality))
+    if best.quality != quality:
+        warnings.warn(f"no model of quality {quality} is registered; using {best.name} (quality {best.quality})",
+                      stacklevel=2)
+    return best
+
+
+__all__ = ["ModelInfo", "file_sha256", "find", "find_quality", "load_weights", "registry", "save_weights"]
