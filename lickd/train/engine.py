@@ -338,7 +338,7 @@ class Trainer:
                     self.writer.add_scalar(k if "/" in k else f"train/{k}", v, self.step)
 
     def _sync_stop(self) -> bool:
-        flag = torch.tensor([1.0 if self.stop_requested else 0.0])
+        flag = torch.tensor([1.0 if self.stop_requested else 0.0], device=self.device)  # NCCL needs CUDA tensors
         if self.world > 1:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
