@@ -190,7 +190,7 @@ class Trainer:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp)
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.lr * self.lr_factor(self.step)
@@ -213,9 +213,9 @@ class Trainer:
                 for n, p in self.model.named_parameters():
                     self.ema[n].lerp_(p.detach(), 1 - cfg.ema)
         self.step += 1
-        stats = {k: float(v.detach()) for k, v in terms.items()}
-        stats["aux"] = float(aux.detach())
-        stats["lr"] = self.optimizer.param_groups[0]["lr"]
+        # Detached tensors: converting to Python floats would sync the GPU every step.
+        stats = {k: v.detach() for k, v in terms.items()}
+        stats["aux"] = aux.detach()
         return stats
 
     # ------------------------------------------------------------------ checkpoints
@@ -357,6 +357,8 @@ class Trainer:
                 stats = self.train_step()
                 bar.update()
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    stats = {k: float(v) for k, v in stats.items()}
+                    stats["lr"] = self.optimizer.param_groups[0]["lr"]
                     bar.set_postfix(loss=f"{stats['loss']:.3f}", bpp=f"{stats['bpp']:.3f}", psnr=f"{stats['psnr']:.2f}")
                     self._log(stats)
                 if self.is_main and cfg.val_every and self.step % cfg.val_every == 0:
