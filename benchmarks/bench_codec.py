@@ -22,7 +22,7 @@ import torch
 
 from lickd import StudentCodec, zoo
 from lickd.eval.bench import stage_timer
-from lickd.eval.codecs import list_images
+from lickd.image import list_images
 from lickd.eval.runner import environment, load_rgb
 from lickd.image import pad_to_multiple, to_tensor
 from lickd.models import MeanScaleHyperprior

@@ -102,6 +102,15 @@ def _load_image(path: Path):
         raise CliError(path, f"cannot read image ({e})") from None
 
 
+def _rgb8(image):
+    """The 8-bit RGB pixels the codec sees for ``image`` (greyscale/palette converted silently)."""
+    from .image import to_tensor, to_uint8
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return to_uint8(to_tensor(image)[0]).numpy()
+
+
 def _encode_image(image, path: Path) -> bytes:
     """The bytes of ``image`` in the format named by the suffix of ``path`` (PNG by default)."""
     from PIL import Image
@@ -166,7 +175,7 @@ def _sync(device) -> None:
 
 # ---------------------------------------------------------------------------- commands
 def cmd_encode(args) -> None:
-    from .image import psnr, to_tensor
+    from .eval.metrics import psnr_rgb
 
     src = Path(args.input)
     out = Path(args.output) if args.output else src.with_suffix(".lkd")
@@ -189,13 +198,10 @@ def cmd_encode(args) -> None:
     extra = ""
     if args.psnr:
         t0 = time.perf_counter()
-        decoded = codec.decompress(data, output="tensor")
+        decoded = codec.decompress(data, output="numpy")
         _sync(codec.device)
         record["decoding_time"] = time.perf_counter() - t0
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            reference, _ = to_tensor(image)
-        record["psnr-rgb"] = psnr(decoded.unsqueeze(0), reference)
+        record["psnr-rgb"] = psnr_rgb(_rgb8(image), decoded)
         extra = f", PSNR {record['psnr-rgb']:.2f} dB"
     _atomic_write(out, data, args.force)
     _emit(args, f"{src} {width}x{height} -> {out}: {len(data):,} bytes ({bpp:.4f} bpp) "
@@ -205,7 +211,7 @@ def cmd_encode(args) -> None:
 def cmd_decode(args) -> None:
     from . import container
     from .errors import CorruptFileError
-    from .image import psnr, to_tensor
+    from .eval.metrics import psnr_rgb
 
     src = Path(args.input)
     out = Path(args.output) if args.output else src.with_suffix(".png")
@@ -228,13 +234,11 @@ def cmd_decode(args) -> None:
               "decoding_time": dec_time}
     extra = ""
     if args.ref:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            reference, _ = to_tensor(_load_image(Path(args.ref)))
-        decoded, _ = to_tensor(image)
+        reference, decoded = _rgb8(_load_image(Path(args.ref))), _rgb8(image)
         if reference.shape != decoded.shape:
-            raise CliError(args.ref, f"reference size {tuple(reference.shape[-2:])} differs from the decoded image")
-        record["psnr-rgb"] = psnr(decoded, reference)
+            raise CliError(args.ref, f"reference size {reference.shape[1]}x{reference.shape[0]} differs from the "
+                                     "decoded image")
+        record["psnr-rgb"] = psnr_rgb(reference, decoded)
         extra = f", PSNR {record['psnr-rgb']:.2f} dB"
     _atomic_write(out, _encode_image(image, out), args.force)
     _emit(args, f"{src}: {f.width}x{f.height} {codec.name} -> {out}, dec {dec_time * 1e3:.0f} ms "

@@ -7,6 +7,7 @@ clear error, never silently truncated.
 """
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Literal, Union
 
@@ -109,7 +110,8 @@ def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
     return F.pad(x, (0, pw, 0, ph), mode="replicate")
 
 
-def psnr(a: Tensor, b: Tensor, max_value: float = 1.0) -> float:
-    """PSNR in dB between two images of the same shape (inf when identical)."""
-    mse = torch.mean((a.double() - b.double()) ** 2).item()
-    return float("inf") if mse == 0 else 10 * np.log10(max_value**2 / mse)
+def list_images(folder: os.PathLike) -> list[str]:
+    """Image files of a folder (sorted; what CompressAI's eval collects)."""
+    exts = {".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"}
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                  if os.path.splitext(f)[1].lower() in exts)

@@ -6,7 +6,6 @@ way: bits per pixel from the real file size, metrics on the decoded 8-bit image.
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,10 +105,3 @@ class LickdCodec:
 
         if self.codec.device.type == "cuda":
             torch.cuda.synchronize(self.codec.device)
-
-
-def list_images(folder: os.PathLike) -> list[str]:
-    """Image files of a folder (sorted; what CompressAI's eval collects)."""
-    exts = {".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"}
-    return sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                  if os.path.splitext(f)[1].lower() in exts)

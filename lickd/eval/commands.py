@@ -25,7 +25,8 @@ def _write_json(doc: dict, output) -> None:
 def cmd_eval(args) -> None:
     from ..cli import CliError
     from ..codec import StudentCodec
-    from .codecs import DEFAULT_QUALITIES, LickdCodec, PillowCodec, list_images
+    from ..image import list_images
+    from .codecs import DEFAULT_QUALITIES, LickdCodec, PillowCodec
     from .runner import evaluate
 
     folder = Path(args.dataset)

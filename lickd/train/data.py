@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..eval.codecs import list_images
+from ..image import list_images
 
 
 class ImageFolder:

@@ -295,7 +295,7 @@ class Trainer:
         """Actual-bytes bpp and PSNR on the first ``val_images`` validation images, with the
         likelihood estimate beside it."""
         from ..codec import StudentCodec
-        from ..eval.codecs import list_images
+        from ..image import list_images
         from ..eval.metrics import psnr_rgb
         from ..eval.runner import load_rgb
         from ..image import pad_to_multiple, to_tensor
