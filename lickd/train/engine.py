@@ -204,6 +204,11 @@ class Trainer:
         aux = self.model.aux_loss()
         # One backward: the aux loss reaches only the quantiles, the main loss everything else.
         (terms["loss"] + aux).backward()
+        if self.world > 1:  # the KD projections live outside DDP: average their gradients by hand
+            for p in self.projection.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.world
         if cfg.clip_max_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.net_params, cfg.clip_max_norm)
         self.optimizer.step()
