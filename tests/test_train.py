@@ -190,22 +190,33 @@ def test_cli_train_and_distill(tmp_path, train_dir, capsys):
     assert "unknown config key" in capsys.readouterr().err
 
 
-def test_torchrun_two_processes_on_gloo_keep_ranks_in_sync(tmp_path, train_dir):
+@pytest.mark.parametrize("distill", [False, True], ids=["train", "distill-with-projection"])
+def test_torchrun_two_processes_on_gloo_keep_ranks_in_sync(tmp_path, train_dir, distill):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     if torchrun is None:
         pytest.skip("torchrun not found")
+    extra = []
+    if distill:  # a wider teacher: the student's y goes through a learned projection, outside DDP
+        torch.manual_seed(0)
+        teacher = build_model("mbt2018-mean", 8, 16)
+        teacher.update(force=True)
+        path = zoo.save_weights(teacher, tmp_path / "t.safetensors", zoo.ModelInfo(name="t", architecture="", N=0, M=0)).path
+        extra = ["--set", f"kd.teacher={path}"]
     run_dir = tmp_path / "ddp"
     cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
            "-m", "lickd.train", "--quiet", "--set", "architecture=mbt2018-mean", "--set", "N=8", "--set", "M=12",
            "--set", f"data={train_dir}", "--set", f"val_data={train_dir}", "--set", "val_images=1",
            "--set", "patch_size=64", "--set", "batch_size=2", "--set", "steps=6", "--set", "ckpt_every=3",
-           "--set", "tensorboard=false", "--set", "device=cpu", "--set", f"run_dir={run_dir}"]
+           "--set", "tensorboard=false", "--set", "device=cpu", "--set", f"run_dir={run_dir}", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-6000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     prints = summary["rank_fingerprints"]
     assert len(prints) == 2 and prints[0] == prints[1]
+    if distill:
+        ckpt = load_file(str(run_dir / "checkpoint.safetensors"))
+        assert any(k.startswith("projection.maps.y") for k in ckpt)
     assert (run_dir / "rng-rank0.safetensors").is_file() and (run_dir / "rng-rank1.safetensors").is_file()
     # the ranks drew different crops: their sampler states differ
     r0 = load_file(str(run_dir / "rng-rank0.safetensors"))["sampler"]

@@ -329,7 +329,9 @@ class Trainer:
                 "val/psnr": sum(r[2] for r in rows) / n}
 
     def weights_fingerprint(self) -> float:
-        return float(sum(p.detach().double().sum() for p in self.model.parameters()))
+        """A float64 sum of every trained parameter (model and KD projections): equal on all ranks."""
+        params = list(self.model.parameters()) + list(self.projection.parameters())
+        return float(sum(p.detach().double().sum() for p in params))
 
     # ------------------------------------------------------------------ loop
     def _log(self, record: dict) -> None:
