@@ -69,7 +69,7 @@ def _atomic_write(path: Path, data: bytes, force: bool) -> None:
             os.unlink(tmp)
 
 
-def _check_output(path: Path, force: bool) -> None:
+def check_output(path: Path, force: bool) -> None:
     if path.exists() and not force:
         raise CliError(path, "exists (use -f to overwrite)")
     if path.exists() and path.is_dir():
@@ -179,7 +179,7 @@ def cmd_encode(args) -> None:
 
     src = Path(args.input)
     out = Path(args.output) if args.output else src.with_suffix(".lkd")
-    _check_output(out, args.force)
+    check_output(out, args.force)
     image = _load_image(src)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -215,7 +215,7 @@ def cmd_decode(args) -> None:
 
     src = Path(args.input)
     out = Path(args.output) if args.output else src.with_suffix(".png")
-    _check_output(out, args.force)
+    check_output(out, args.force)
     data = _read_bytes(src)
     try:
         f, _, _ = container.read_header(data)
@@ -304,7 +304,7 @@ def cmd_convert(args) -> None:
     src, out = Path(args.input), Path(args.output)
     if not src.is_file():
         raise CliError(src, "no such file")
-    _check_output(out, args.force)
+    check_output(out, args.force)
     lmbda = args.lmbda if args.lmbda is not None else (MSE_LAMBDAS[args.quality - 1] if args.quality else None)
     with tempfile.TemporaryDirectory(dir=out.parent if str(out.parent) else ".") as tmp:
         staged = Path(tmp) / out.name
@@ -317,43 +317,6 @@ def cmd_convert(args) -> None:
     _emit(args, f"{src} -> {out}: {info.architecture} N={info.N} M={info.M} sha256 {info.sha256[:16]}",
           {"input": str(src), "output": str(out), "architecture": info.architecture, "N": info.N, "M": info.M,
            "sha256": info.sha256})
-
-
-def cmd_train(args) -> None:
-    from .train import Trainer, load_config
-
-    overrides = list(args.set or [])
-    if getattr(args, "teacher", None):
-        overrides.append(f"kd.teacher={args.teacher}")
-    if getattr(args, "no_kd", False):
-        overrides.append("kd.no_kd=true")
-    try:
-        cfg = load_config(args.config, tuple(overrides))
-    except (OSError, ValueError) as e:
-        raise CliError(args.config, str(e)) from None
-    if args.command == "distill" and cfg.kd.teacher is None:
-        raise CliError(None, "distill needs a teacher: --teacher FILE or kd.teacher in the config")
-    try:
-        trainer = Trainer(cfg, resume=args.resume, progress=not args.quiet)
-    except (FileNotFoundError, ValueError) as e:
-        raise CliError(None, str(e)) from None
-    try:
-        summary = trainer.train()
-    finally:
-        trainer.close()
-    if trainer.is_main and not args.quiet:
-        print(json.dumps({k: v for k, v in summary.items() if k != "rank_fingerprints"}), file=sys.stderr)
-
-
-def cmd_export(args) -> None:
-    from .train import export_run
-
-    run = Path(args.input)
-    if not (run / "checkpoint.safetensors").is_file():
-        raise CliError(run, "no checkpoint.safetensors in this run folder")
-    _check_output(Path(args.output), args.force)
-    info = export_run(run, args.output, half=args.half, name=args.name)
-    print(f"{run} -> {args.output}: {info.architecture} N={info.N} M={info.M} sha256 {info.sha256}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------- parser
@@ -403,29 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=cmd_convert)
 
-    from .eval.commands import add_commands
+    from .eval.commands import add_commands as add_eval_commands
 
-    add_commands(sub)
+    add_eval_commands(sub)
 
-    for name, text in (("train", "train a model (teacher, or a student without KD)"),
-                       ("distill", "distil a student from a frozen teacher")):
-        t = sub.add_parser(name, help=text)
-        t.add_argument("config", nargs="?", help="TOML config (see lickd/train/config.py for the fields)")
-        t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field (repeatable)")
-        t.add_argument("--resume", action="store_true", help="continue the run in run_dir from its checkpoint")
-        t.add_argument("--quiet", action="store_true")
-        if name == "distill":
-            t.add_argument("--teacher", help="teacher weights file (kd.teacher)")
-            t.add_argument("--no-kd", action="store_true", help="the control: same student and budget, RD loss only")
-        t.set_defaults(func=cmd_train)
+    from .train.commands import add_commands as add_train_commands
 
-    x = sub.add_parser("export", help="write a run's model as a registry-ready weights file")
-    x.add_argument("input", help="run folder")
-    x.add_argument("-o", "--output", required=True)
-    x.add_argument("--name")
-    x.add_argument("--half", action="store_true", help="fp16 parameters (tables rebuilt to match)")
-    x.add_argument("-f", "--force", action="store_true")
-    x.set_defaults(func=cmd_export)
+    add_train_commands(sub)
 
     m = sub.add_parser("models", help="list the shipped models")
     m.add_argument("--json", action="store_true")
