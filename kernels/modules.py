@@ -46,6 +46,17 @@ def _conv_spec(m: nn.Module) -> Optional[tuple]:
     return None
 
 
+# One program holds a [BLOCK_M, C_PAD] fp32 accumulator and, for GDN, a [C_PAD, C_PAD] gamma tile:
+# beyond these widths the single-accumulator kernels would spill, so those layers stay in PyTorch
+# until the split-accumulator kernels land (see the kernel issue).
+MAX_FUSED_WIDTH = {"gdn": 128, "igdn": 128}
+MAX_FUSED_WIDTH_DEFAULT = 256
+
+
+def _out_channels(conv: nn.Module) -> int:
+    return conv.out_channels
+
+
 def kernels_available(x: torch.Tensor) -> bool:
     return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -72,9 +83,14 @@ class FusedSequential(nn.Sequential):
                 i += 1
                 continue
             nxt = layers[i + 1] if i + 1 < len(layers) else None
-            act = _activation(nxt)
-            steps.append(("fused", i, nxt if act else None, act or "none", spec))
-            i += 2 if act else 1
+            act = _activation(nxt) or "none"
+            width = max(16, 1 << (_out_channels(layers[i]) - 1).bit_length())
+            if width > MAX_FUSED_WIDTH.get(act, MAX_FUSED_WIDTH_DEFAULT):
+                steps.append(("layer", i))
+                i += 1
+                continue
+            steps.append(("fused", i, nxt if act != "none" else None, act, spec))
+            i += 1 if act == "none" else 2
         return steps
 
     def _packed(self, i: int, conv: nn.Module, transposed: bool, act_module, act: str) -> dict:

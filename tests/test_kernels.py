@@ -152,6 +152,15 @@ def test_compressai_model_accelerates_in_place():
         assert rel(model.to(DEVICE).g_a(x.to(DEVICE)).cpu(), ref) <= (2e-3 if GPU else 1e-5)
 
 
+def test_wide_gdn_layers_stay_in_pytorch_until_split_kernels_exist():
+    model = accelerate(build_model("mbt2018-mean", 192, 320), dtype=torch.bfloat16)
+    kinds = [step[0] for step in model.g_a.plan()]
+    # conv+GDN at 192 channels (padded 256) fall back layer by layer; the last conv (320 -> 512 padded) too
+    assert kinds == ["layer"] * 7
+    small = accelerate(build_model("mbt2018-mean", 128, 192), dtype=torch.bfloat16)
+    assert [step[0] for step in small.g_a.plan()] == ["fused"] * 4
+
+
 def test_disabled_or_unsupported_layers_fall_back_exactly():
     seq = nn.Sequential(nn.Conv2d(4, 16, 3, stride=1, padding=1, dilation=1, groups=2), nn.ReLU(),
                         nn.Conv2d(16, 16, 5, stride=2, padding=2), nn.Tanh())
