@@ -11,6 +11,7 @@ its border, and the decoder crops back to the original size stored in the header
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Sequence, Union
 
@@ -38,8 +39,10 @@ class StudentCodec:
     def __init__(self, model: CompressionModel, info: zoo.ModelInfo, device: Union[str, torch.device, None] = "auto"):
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
-        self.info = info
         self.model.update(force=False)  # no-op when the tables shipped with the weights
+        if not info.sha256:  # weights without a file: identify them by their state
+            info = dataclasses.replace(info, sha256=zoo.state_sha256(self.model))
+        self.info = info
 
     # ------------------------------------------------------------------ construction
     @classmethod

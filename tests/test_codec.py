@@ -356,3 +356,17 @@ def test_fuzzed_payloads_with_valid_crcs_never_crash(codecs, small_file):
             continue
         wrong += not np.array_equal(out, original)  # a no-op edit decodes correctly
     assert wrong <= 1
+
+
+def test_in_memory_model_is_identified_by_its_state():
+    from lickd.models import build_model
+    torch.manual_seed(0)
+    model = build_model("bmshj2018-hyperprior", 8, 12)
+    info = zoo.ModelInfo(name="scratch", architecture="bmshj2018-hyperprior", N=8, M=12)
+    codec = StudentCodec(model, info, device="cpu")
+    assert len(codec.info.short_hash) == 16 and codec.info.sha256 == zoo.state_sha256(model)
+    img = random_image(20, 30)
+    assert codec.decompress(codec.compress(img), output="numpy").shape == img.shape
+    with torch.no_grad():
+        model.g_s[0].bias.add_(1)
+    assert zoo.state_sha256(model) != codec.info.sha256

@@ -82,6 +82,17 @@ def file_sha256(path: os.PathLike) -> str:
     return h.hexdigest()
 
 
+def state_sha256(model: torch.nn.Module) -> str:
+    """sha256 of a model's state (names, dtypes, shapes and bytes): the identity of weights that
+    are not (yet) in a file, e.g. a model being trained."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def save_weights(model: CompressionModel, path: os.PathLike, info: ModelInfo, half: bool = False) -> ModelInfo:
     """Writes ``model`` (CDF tables included) as safetensors; returns ``info`` with the sha256.
 
@@ -178,4 +189,4 @@ def find_quality(quality: int) -> ModelInfo:
     return best
 
 
-__all__ = ["ModelInfo", "file_sha256", "find", "find_quality", "load_weights", "registry", "save_weights"]
+__all__ = ["ModelInfo", "file_sha256", "state_sha256", "find", "find_quality", "load_weights", "registry", "save_weights"]
