@@ -23,7 +23,8 @@ import torch
 from lickd import StudentCodec, zoo
 from lickd.eval.bench import stage_timer
 from lickd.image import list_images
-from lickd.eval.runner import environment, load_rgb
+from lickd.eval.runner import load_rgb
+from lickd.provenance import environment
 from lickd.image import pad_to_multiple, to_tensor
 from lickd.models import MeanScaleHyperprior
 

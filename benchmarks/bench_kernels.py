@@ -54,7 +54,7 @@ def main(argv=None):
     from triton.testing import do_bench
 
     from lickd import accelerate
-    from lickd.eval.runner import environment
+    from lickd.provenance import environment
     from lickd.models import build_model
 
     if args.quick:

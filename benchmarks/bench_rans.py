@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from lickd.entropy import GaussianConditional, get_scale_table, stream_info
+from lickd.provenance import environment
 
 
 def timeit(fn, repeats):
@@ -71,12 +72,6 @@ def model_workload(weights, image):
         scales, means = model._gaussian_params(z_hat)
         symbols = model.gaussian_conditional.quantize(y, "symbols", means)
     return symbols.reshape(-1), scales.reshape(-1), f"y of {codec.name} on {os.path.basename(image)}"
-
-
-def environment():
-    from lickd.eval.runner import environment as env
-
-    return env()
 
 
 def main(argv=None):

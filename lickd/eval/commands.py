@@ -134,7 +134,8 @@ def cmd_plot(args) -> None:
 def cmd_bench(args) -> None:
     from ..codec import StudentCodec
     from .bench import benchmark, macs_per_pixel, parameter_counts
-    from .runner import environment, load_rgb
+    from ..provenance import environment
+    from .runner import load_rgb
 
     codec = (StudentCodec.from_file(args.weights, device=args.device) if args.weights
              else StudentCodec.from_pretrained(args.model or 3, device=args.device))

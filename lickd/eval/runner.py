@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from ..provenance import environment
 from .metrics import ms_ssim_rgb, psnr_rgb
 
 METRIC_KEYS = ("bpp", "payload-bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time")
@@ -50,33 +49,6 @@ def measure(codec, img: np.ndarray) -> dict:
 def _mean(values: Iterable[float]) -> float:
     values = list(values)
     return float(np.mean(values)) if values else math.nan
-
-
-def environment() -> dict:
-    """Machine, versions and commit, recorded with every result file."""
-    import torch
-    from PIL import features
-
-    from .. import __version__
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    env = {"lickd": __version__, "commit": commit, "python": sys.version.split()[0], "torch": torch.__version__,
-           "pillow": Image.__version__, "libjpeg": features.version("jpg"), "libwebp": features.version("webp"),
-           "libavif": features.version("avif"), "cpu": cpu, "cpu_count": os.cpu_count(),
-           "platform": platform.platform()}
-    if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name()
-    return env
 
 
 def evaluate(points: Sequence, images: Sequence[os.PathLike], *, name: str, description: str,

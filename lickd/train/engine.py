@@ -14,7 +14,6 @@ import json
 import math
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,23 +24,15 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .. import __version__, zoo
+from .. import zoo
 from ..models import ARCHITECTURES, CompressionModel, build_model
+from ..provenance import environment, git_commit
 from .config import TrainConfig, save_config
 from .data import CropSampler, ImageFolder
 from .losses import DistillationLoss, Projection, RateDistortionLoss
 
 CHECKPOINT = "checkpoint.safetensors"
 EXPORT = "model.safetensors"
-
-
-def _git_commit() -> Optional[str]:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _atomic_save(tensors: dict, path: Path, metadata: dict) -> None:
@@ -148,9 +139,7 @@ class Trainer:
         return teacher
 
     def environment(self) -> dict:
-        return {"lickd": __version__, "commit": _git_commit(), "torch": torch.__version__,
-                "python": sys.version.split()[0], "world_size": self.world, "device": str(self.device),
-                "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
+        return {**environment(), "world_size": self.world, "device": str(self.device),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
     def _tensorboard(self):
@@ -293,7 +282,7 @@ class Trainer:
             name=cfg.name or self.run_dir.name, architecture=cfg.architecture, N=self.model.N, M=self.model.M,
             lmbda=cfg.lmbda, metric=cfg.metric,
             training={"steps": self.step, "seed": cfg.seed, "teacher": cfg.kd.teacher if cfg.distilling else None,
-                      "kd": cfg.to_dict()["kd"] if cfg.kd.teacher else None, "commit": _git_commit(),
+                      "kd": cfg.to_dict()["kd"] if cfg.kd.teacher else None, "commit": git_commit(),
                       "batch_size": cfg.batch_size * self.world, "patch_size": cfg.patch_size})
 
     def validate(self) -> dict[str, float]:
