@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from lickd import StudentCodec, zoo
-from lickd.eval.bench import stage_timer
+from lickd.eval.bench import stage_timer, synchronize
 from lickd.image import list_images
 from lickd.eval.runner import load_rgb
 from lickd.provenance import environment
@@ -31,8 +31,7 @@ from lickd.models import MeanScaleHyperprior
 
 def timed(fn, model, device):
     def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
 
     with stage_timer(model, sync) as stages:
         sync()

@@ -166,15 +166,9 @@ def _emit(args, line: str, record: dict) -> None:
         print(line, file=sys.stderr)
 
 
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 # ---------------------------------------------------------------------------- commands
 def cmd_encode(args) -> None:
+    from .eval.bench import synchronize
     from .eval.metrics import psnr_rgb
 
     src = Path(args.input)
@@ -186,7 +180,7 @@ def cmd_encode(args) -> None:
         codec = _codec_for_encode(args)
         t0 = time.perf_counter()
         data = codec.compress(image)
-        _sync(codec.device)
+        synchronize(codec.device)
         enc_time = time.perf_counter() - t0
     for w in caught:
         if not args.quiet:
@@ -199,7 +193,7 @@ def cmd_encode(args) -> None:
     if args.psnr:
         t0 = time.perf_counter()
         decoded = codec.decompress(data, output="numpy")
-        _sync(codec.device)
+        synchronize(codec.device)
         record["decoding_time"] = time.perf_counter() - t0
         record["psnr-rgb"] = psnr_rgb(_rgb8(image), decoded)
         extra = f", PSNR {record['psnr-rgb']:.2f} dB"
@@ -211,6 +205,7 @@ def cmd_encode(args) -> None:
 def cmd_decode(args) -> None:
     from . import container
     from .errors import CorruptFileError
+    from .eval.bench import synchronize
     from .eval.metrics import psnr_rgb
 
     src = Path(args.input)
@@ -227,7 +222,7 @@ def cmd_decode(args) -> None:
         image = codec.decompress(data, output="pil")
     except CorruptFileError as e:
         raise CliError(src, f"corrupt: {e}") from None
-    _sync(codec.device)
+    synchronize(codec.device)
     dec_time = time.perf_counter() - t0
     record = {"input": str(src), "output": str(out), "width": f.width, "height": f.height, "bytes": len(data),
               "bpp": 8 * len(data) / (f.width * f.height), "model": codec.name, "device": codec.device.type,

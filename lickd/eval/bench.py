@@ -50,6 +50,12 @@ def macs_per_pixel(model, height: int, width: int) -> dict:
     return out
 
 
+def synchronize(device: torch.device) -> None:
+    """Waits for the device's queued work (no-op on CPUs), so wall-clock times are real."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 @contextlib.contextmanager
 def stage_timer(model, sync):
     """Accumulates the wall time of each transform's forward into the yielded dict."""
@@ -115,8 +121,7 @@ def benchmark(codec, image: np.ndarray, repeats: int = 10, warmup: int = 2) -> d
     device, model = codec.device, codec.model
 
     def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -101,7 +101,6 @@ class LickdCodec:
         return self.codec.decompress(data, output="numpy")
 
     def synchronize(self) -> None:
-        import torch
+        from .bench import synchronize
 
-        if self.codec.device.type == "cuda":
-            torch.cuda.synchronize(self.codec.device)
+        synchronize(self.codec.device)
