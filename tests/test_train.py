@@ -252,3 +252,18 @@ def test_fused_transforms_train_like_the_reference(tmp_path, train_dir):
     assert isinstance(fused.model.g_a, FusedSequential) and not isinstance(plain.model.g_a, FusedSequential)
     a, b = plain.train_step(), fused.train_step()
     assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=1e-3)
+
+
+def test_ms_ssim_objective_trains(tmp_path):
+    folder = tmp_path / "big"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 256, (200, 210, 3), dtype=np.uint8)).save(folder / "0.png")
+    cfg = load_config(None, ("architecture=bmshj2018-factorized", "N=8", "M=12", f"data={folder}", "val_data=none",
+                             "patch_size=176", "batch_size=1", "steps=2", "metric=ms-ssim", "lmbda=8.73",
+                             "tensorboard=false", f"run_dir={tmp_path / 'run'}"))
+    stats = Trainer(cfg, progress=False).train_step()
+    assert 0 < float(stats["ms-ssim"]) <= 1
+    assert float(stats["distortion"]) == pytest.approx(8.73 * (1 - float(stats["ms-ssim"])), rel=1e-5)
+    with pytest.raises(ValueError, match="patch_size > 160"):
+        load_config(None, ("metric=ms-ssim", "patch_size=128", "architecture=bmshj2018-factorized"))

@@ -146,6 +146,8 @@ def validate(cfg: TrainConfig) -> None:
     factor = 16 if cfg.architecture == "bmshj2018-factorized" else 64
     if cfg.patch_size < factor or cfg.patch_size % factor:
         raise ValueError(f"patch_size must be a multiple of {factor} for {cfg.architecture}")
+    if cfg.metric == "ms-ssim" and cfg.patch_size <= 160:
+        raise ValueError("metric ms-ssim needs patch_size > 160 (five MS-SSIM scales)")
     if cfg.kd.no_kd and cfg.kd.teacher is None:
         raise ValueError("kd.no_kd is the control of a distillation run: give kd.teacher too")
 

@@ -34,20 +34,24 @@ class RateDistortionLoss(nn.Module):
         super().__init__()
         self.lmbda, self.metric = float(lmbda), metric
 
-    def distortion(self, x_hat: Tensor, target: Tensor) -> Tensor:
-        """lambda * 255^2 * MSE, or lambda * (1 - MS-SSIM): the distortion term of the RD loss."""
+    def distortion(self, x_hat: Tensor, target: Tensor, terms: Optional[dict] = None) -> Tensor:
+        """lambda * 255^2 * MSE, or lambda * (1 - MS-SSIM): the distortion term of the RD loss
+        (the MS-SSIM value itself goes into ``terms`` when given)."""
         if self.metric == "mse":
             return self.lmbda * 255**2 * F.mse_loss(x_hat, target)
         from pytorch_msssim import ms_ssim
 
-        return self.lmbda * (1 - ms_ssim(x_hat, target, data_range=1.0))
+        value = ms_ssim(x_hat, target, data_range=1.0)
+        if terms is not None:
+            terms["ms-ssim"] = value
+        return self.lmbda * (1 - value)
 
     def forward(self, output: dict, target: Tensor) -> dict[str, Tensor]:
         n, _, h, w = target.shape
         terms = {"bpp": bpp(output["likelihoods"], n * h * w)}
         x_hat = output["x_hat"].float()
         terms["mse"] = F.mse_loss(x_hat, target)
-        terms["distortion"] = self.distortion(x_hat, target)
+        terms["distortion"] = self.distortion(x_hat, target, terms)
         terms["rd"] = terms["distortion"] + terms["bpp"]
         terms["psnr"] = -10 * torch.log10(terms["mse"].detach().clamp_min(1e-10))
         terms["loss"] = terms["rd"]
