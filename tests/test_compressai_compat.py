@@ -110,3 +110,14 @@ def test_model_state_dict_and_outputs_match_compressai(architecture):
         x_hat = ours.decompress(enc["strings"], enc["shape"])["x_hat"]
         x_hat_ref = ref.decompress(enc_ref["strings"], enc_ref["shape"])["x_hat"]
         torch.testing.assert_close(x_hat, x_hat_ref, rtol=0, atol=0)
+
+
+def test_quantile_bisection_matches_compressai():
+    ref = CaiEB(5)
+    _randomise(ref, 7)
+    ours = EntropyBottleneck(5)
+    ours.load_state_dict(ref.state_dict())
+    ref.update(force=True, update_quantiles=True)
+    ours.update(force=True, update_quantiles=True)
+    torch.testing.assert_close(ours.quantiles, ref.quantiles, rtol=1e-4, atol=2e-3)
+    assert torch.equal(ours._offset, ref._offset) and torch.equal(ours._cdf_length, ref._cdf_length)

@@ -267,3 +267,12 @@ def test_ms_ssim_objective_trains(tmp_path):
     assert float(stats["distortion"]) == pytest.approx(8.73 * (1 - float(stats["ms-ssim"])), rel=1e-5)
     with pytest.raises(ValueError, match="patch_size > 160"):
         load_config(None, ("metric=ms-ssim", "patch_size=128", "architecture=bmshj2018-factorized"))
+
+
+def test_bf16_autocast_step_keeps_entropy_models_in_fp32(tmp_path, train_dir):
+    trainer = Trainer(config(tmp_path, train_dir, "amp=true", "steps=2", "batch_size=1"), progress=False)
+    stats = trainer.train_step()
+    assert all(bool(torch.isfinite(v)) for v in stats.values())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = trainer.model(trainer.sampler.next())
+    assert all(v.dtype == torch.float32 for v in out["likelihoods"].values())
