@@ -157,8 +157,9 @@ def test_sigterm_checkpoints_and_stops(tmp_path, train_dir):
     assert Trainer(cfg, resume=True, progress=False).step == 3
 
 
-def test_export_loads_in_student_codec_and_compresses(tmp_path, train_dir):
-    cfg = config(tmp_path, train_dir, "steps=6", "name=tiny-student")
+@pytest.mark.parametrize("ema", ["0", "0.9"])
+def test_export_loads_in_student_codec_and_compresses(tmp_path, train_dir, ema):
+    cfg = config(tmp_path, train_dir, "steps=6", "name=tiny-student", f"ema={ema}")
     summary = Trainer(cfg, progress=False).train()
     codec = StudentCodec.from_file(summary["export"], device="cpu")
     assert codec.info.name == "tiny-student" and codec.info.training["steps"] == 6
@@ -170,6 +171,9 @@ def test_export_loads_in_student_codec_and_compresses(tmp_path, train_dir):
     assert main(["export", cfg.run_dir, "-o", str(tmp_path / "e.safetensors"), "--half"]) == 0
     exported = StudentCodec.from_file(tmp_path / "e.safetensors", device="cpu")
     assert exported.info.training["steps"] == 6
+    # the run's own export and lickd export hold the same parameters (EMA ones when enabled), up to fp16
+    for (name, a), b in zip(codec.model.named_parameters(), exported.model.parameters()):
+        torch.testing.assert_close(a.half().float(), b, rtol=0, atol=0, msg=name)
 
 
 def test_cli_train_and_distill(tmp_path, train_dir, capsys):
