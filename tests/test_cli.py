@@ -173,3 +173,21 @@ def test_convert_compressai_checkpoint_and_code_like_compressai(capsys, tmp_path
     ours = codec.decompress(codec.compress(Image.open(image_file)), output="tensor")
     assert torch.equal(ours, torch.round(ref_hat[0] * 255) / 255)
     assert run(capsys, "convert", tmp_path / "in.png", "-o", tmp_path / "x.safetensors")[0] == 1
+
+
+def test_decode_to_other_formats_and_unknown_suffix(capsys, tmp_path, image_file, weights):
+    lkd = tmp_path / "k.lkd"
+    assert run(capsys, "encode", image_file, "-o", lkd, "--weights", weights)[0] == 0
+    for suffix, fmt in ((".jpg", "JPEG"), (".bmp", "BMP"), (".webp", "WEBP")):
+        assert run(capsys, "decode", lkd, "-o", tmp_path / f"o{suffix}", "--weights", weights)[0] == 0
+        assert Image.open(tmp_path / f"o{suffix}").format == fmt
+    code, _, err = run(capsys, "decode", lkd, "-o", tmp_path / "o.xyz", "--weights", weights)
+    assert code == 1 and "unknown image format" in err and not (tmp_path / "o.xyz").exists()
+
+
+def test_cuda_request_without_a_gpu_is_a_clear_error(capsys, tmp_path, image_file, weights):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    code, _, err = run(capsys, "encode", image_file, "-o", tmp_path / "k.lkd", "--weights", weights, "--device", "cuda")
+    assert code == 1 and "CUDA" in err and err.count("\n") == 1
