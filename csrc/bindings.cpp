@@ -6,6 +6,9 @@
 #include <pybind11/stl.h>
 
 #include "rans_cpu.h"
+#ifdef LICKD_WITH_CUDA
+#include "rans_cuda.h"
+#endif
 
 namespace py = pybind11;
 using lickd::TableSet;
@@ -97,5 +100,26 @@ PYBIND11_MODULE(_rans, m) {
   m.def("decode", &decode, py::arg("tables"), py::arg("data"), py::arg("indexes"),
         py::arg("threads") = 0);
   m.def("stream_info", &stream_info, py::arg("data"));
+#ifdef LICKD_WITH_CUDA
+  m.attr("WITH_CUDA") = true;
+  // Device copy of a TableSet (keeps the TableSet alive) and the batched CUDA decoder. Device
+  // buffers are passed as data pointers with the current CUDA stream handle.
+  py::class_<lickd::DeviceTables>(m, "DeviceTables")
+      .def(py::init<const TableSet&>(), py::arg("tables"), py::keep_alive<1, 2>())
+      .def_readonly("device", &lickd::DeviceTables::device);
+  m.def(
+      "decode_cuda",
+      [](const lickd::DeviceTables& tables, const std::vector<py::bytes>& streams,
+         const std::vector<uintptr_t>& index_ptrs, const std::vector<uintptr_t>& out_ptrs,
+         const std::vector<int64_t>& counts, uintptr_t stream) {
+        std::vector<std::string> data(streams.begin(), streams.end());
+        py::gil_scoped_release release;
+        lickd::rans_decode_cuda(tables, data, index_ptrs, out_ptrs, counts, stream);
+      },
+      py::arg("tables"), py::arg("streams"), py::arg("index_ptrs"), py::arg("out_ptrs"), py::arg("counts"),
+      py::arg("stream"));
+#else
+  m.attr("WITH_CUDA") = false;
+#endif
   m.attr("STREAM_VERSION") = int(lickd::kStreamVersion);
 }

@@ -38,6 +38,12 @@ class TableSet {
   const TableRow& row(int64_t t) const { return rows_[t]; }
   int lut_shift() const { return precision_ - lut_bits_; }
 
+  // Flat arrays, for copying the tables to a device: cdf values, lookup buckets, and per row
+  // (cdf start, lut start, symbol count, offset).
+  const std::vector<uint32_t>& cdf_values() const { return cdf_; }
+  const std::vector<uint16_t>& lut_values() const { return lut_; }
+  int lut_bits() const { return lut_bits_; }
+
   // Symbol s of row r with cdf[s] <= cf < cdf[s + 1].
   int32_t find(const TableRow& r, uint32_t cf) const {
     int32_t s = r.lut[cf >> lut_shift()];

@@ -5,6 +5,8 @@ tensors go in and out without Python lists, and the GIL is released while coding
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -42,6 +44,7 @@ class TableSet:
         self.precision = int(precision)
         self.hash = int(self._impl.hash)
         self.n_tables = int(self._impl.n_tables)
+        self._device_tables: dict = {}  # CUDA device index -> tables uploaded there
 
     def encode(self, symbols: Tensor, indexes: Tensor, *, lanes: int = 0, chunks: int = 0,
                max_overhead: float = 0.0025, threads: int = 0) -> bytes:
@@ -61,6 +64,40 @@ class TableSet:
         except StreamError as e:
             raise CorruptFileError(str(e)) from None
         return torch.from_numpy(out).reshape(indexes.shape)
+
+    def decode_cuda(self, streams: list[bytes], indexes: list[Tensor]) -> list[Tensor]:
+        """Decodes many streams in one launch on the current CUDA stream of the indexes' device;
+        returns int32 CUDA tensors shaped like the indexes. Same errors as ``decode``."""
+        if not cuda_decoder_built():
+            raise RuntimeError("this lickd was built without the CUDA decoder")
+        if len(streams) != len(indexes) or not all(i.is_cuda for i in indexes):
+            raise ValueError("one CUDA index tensor per stream is needed")
+        device = indexes[0].device
+        idx = [i.to(device=device, dtype=torch.int32).contiguous() for i in indexes]
+        out = [torch.empty_like(i) for i in idx]
+        with torch.cuda.device(device):
+            key = torch.cuda.current_device()
+            if key not in self._device_tables:
+                self._device_tables[key] = _rans.DeviceTables(self._impl)
+            try:
+                _rans.decode_cuda(self._device_tables[key], [bytes(s) for s in streams],
+                                  [i.data_ptr() for i in idx], [o.data_ptr() for o in out], [i.numel() for i in idx],
+                                  torch.cuda.current_stream(device).cuda_stream)
+            except StreamError as e:
+                raise CorruptFileError(str(e)) from None
+        return [o.reshape(i.shape) for o, i in zip(out, indexes)]
+
+
+def cuda_decoder_built() -> bool:
+    """Whether this build has the CUDA decoder (it still needs a GPU at run time)."""
+    return bool(_rans.WITH_CUDA)
+
+
+def use_cuda_decoder() -> bool:
+    """The entropy models decode on the GPU only when asked to (LICKD_CUDA_CODER=1): the CUDA
+    decoder has not yet been validated on a GPU (see the coder issue); the CPU coder reads the
+    same streams."""
+    return cuda_decoder_built() and os.environ.get("LICKD_CUDA_CODER") == "1" and torch.cuda.is_available()
 
 
 def stream_info(data: bytes) -> dict:

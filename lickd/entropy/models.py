@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..layers.ops import LowerBound
 from .cdf import pmf_to_quantized_cdf
-from .coder import TableSet
+from .coder import TableSet, use_cuda_decoder
 
 DEFAULT_PRECISION = 15
 
@@ -155,6 +155,8 @@ class EntropyModel(nn.Module):
         if not isinstance(strings, (tuple, list)) or len(strings) != indexes.size(0):
             raise ValueError("Invalid strings or indexes parameters")
         tables = self.tables
+        if indexes.is_cuda and use_cuda_decoder():  # the symbols never leave the GPU
+            return torch.stack(tables.decode_cuda(list(strings), list(indexes.unbind(0))))
         symbols = torch.stack([tables.decode(s, indexes[i]) for i, s in enumerate(strings)])
         return symbols.to(indexes.device)
 

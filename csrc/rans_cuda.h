@@ -1,0 +1,37 @@
+// CUDA decoder for the lickd rANS stream format (rans_format.h): the same streams the CPU coder
+// writes, decoded one warp per chunk. Host-side API; device buffers are passed as raw pointers so
+// the extension needs no PyTorch headers.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "rans_tables.h"
+
+namespace lickd {
+
+// A TableSet's arrays in device memory (built once per table set and device).
+class DeviceTables {
+ public:
+  explicit DeviceTables(const TableSet& tables);
+  ~DeviceTables();
+  DeviceTables(const DeviceTables&) = delete;
+  DeviceTables& operator=(const DeviceTables&) = delete;
+
+  const TableSet& host;
+  const uint32_t* cdf = nullptr;
+  const uint16_t* lut = nullptr;
+  const int32_t* rows = nullptr;  // 4 ints per row: cdf start, lut start, n_symbols, offset
+  int device = -1;
+};
+
+// Decodes streams[i] (host bytes) into out_ptrs[i] (device int32, counts[i] symbols) with CDF
+// indexes from index_ptrs[i] (device int32), all in one launch on `stream`. Throws StreamError
+// naming the stream and chunk on any corruption.
+void rans_decode_cuda(const DeviceTables& tables, const std::vector<std::string>& streams,
+                      const std::vector<uintptr_t>& index_ptrs, const std::vector<uintptr_t>& out_ptrs,
+                      const std::vector<int64_t>& counts, uintptr_t cuda_stream);
+
+}  // namespace lickd
