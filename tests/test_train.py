@@ -138,6 +138,19 @@ def test_resume_refuses_a_different_config(tmp_path, train_dir):
     Trainer(cfg, progress=False).train()
     with pytest.raises(ValueError, match="lmbda"):
         Trainer(config(tmp_path, train_dir, "steps=8", "lmbda=0.5"), resume=True, progress=False)
+    with pytest.raises(ValueError, match="kd.y"):
+        Trainer(config(tmp_path, train_dir, "steps=8", "kd.y=0.9"), resume=True, progress=False)
+    assert Trainer(config(tmp_path, train_dir, "steps=8"), resume=True, progress=False).step == 4
+
+
+def test_resume_accepts_a_checkpoint_that_predates_a_new_field(tmp_path, train_dir):
+    from lickd.train.engine import _config_changes
+    cfg = config(tmp_path, train_dir)
+    old = cfg.to_dict()
+    del old["fused"], old["kd"]["hybrid_teacher"]  # written before these fields existed
+    assert _config_changes(old, cfg) == []
+    old["lr"] = 1.0
+    assert _config_changes(old, cfg) == ["lr"]
 
 
 def test_sigterm_checkpoints_and_stops(tmp_path, train_dir):

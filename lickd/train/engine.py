@@ -241,10 +241,8 @@ class Trainer:
         if not path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir}")
         tensors, meta = _read(path)
-        saved, now = dict(meta["config"]), json.loads(json.dumps(self.cfg.to_dict()))
-        saved.pop("steps"), now.pop("steps")  # a run may be extended
-        if saved != now:
-            changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        changed = _config_changes(meta["config"], self.cfg)
+        if changed:
             raise ValueError(f"--resume with a different configuration ({', '.join(changed)})")
 
         def part(prefix):
@@ -401,6 +399,22 @@ class Trainer:
 
     def _on_sigterm(self, signum, frame) -> None:
         self.stop_requested = True
+
+
+def _config_changes(saved: dict, cfg: TrainConfig) -> list[str]:
+    """Fields that differ between a checkpoint's config and ``cfg``. ``steps`` may grow (a run can
+    be extended); a field the checkpoint predates counts as its default value."""
+    from .config import TrainConfig as Defaults
+
+    saved, now, defaults = (json.loads(json.dumps(d)) for d in (saved, cfg.to_dict(), Defaults().to_dict()))
+    changed = []
+    for key in sorted(set(now) - {"steps"}):
+        if isinstance(now[key], dict):
+            old = {**defaults[key], **saved.get(key, {})}
+            changed += [f"{key}.{k}" for k in sorted(now[key]) if old.get(k) != now[key][k]]
+        elif saved.get(key, defaults[key]) != now[key]:
+            changed.append(key)
+    return changed
 
 
 def _main_thread() -> bool:
