@@ -67,17 +67,6 @@ void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(e));
 }
 
-__device__ __forceinline__ uint32_t d_lane_hash_add(uint32_t h, int32_t s) { return h * kLaneHashMul + uint32_t(s); }
-
-__device__ __forceinline__ uint32_t d_lane_check(uint32_t h) {
-  h ^= h >> 16;
-  h *= 0x85EBCA6Bu;
-  h ^= h >> 13;
-  h *= 0xC2B2AE35u;
-  h ^= h >> 16;
-  return h & 0xFFFFu;
-}
-
 __device__ __forceinline__ int warp_max(int v) {
   for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xFFFFFFFFu, v, o));
   return v;
@@ -208,14 +197,14 @@ __global__ void decode_kernel(const uint8_t* __restrict__ bytes, const ChunkDesc
         lane_err = kSymbolRange;
       } else {
         out[j] = int32_t(sym);
-        hash = d_lane_hash_add(hash, int32_t(sym));
+        hash = lane_hash_add(hash, int32_t(sym));
       }
     }
     err = warp_max(lane_err);
   }
   if (!err && wp != end) err = kTrailingWords;
   if (!err && esc_used != n_esc) err = kUnusedEscapes;
-  if (!err && warp_max(lane < K && x != kRansL + d_lane_check(hash) ? 1 : 0)) err = kChecksum;
+  if (!err && warp_max(lane < K && x != kRansL + lane_check(hash) ? 1 : 0)) err = kChecksum;
   if (lane == 0) status[warp] = err;
 }
 

@@ -28,6 +28,13 @@
 #include <string>
 #include <vector>
 
+// Helpers that the CUDA decoder runs too: one definition, so CPU and GPU agree bit for bit.
+#ifdef __CUDACC__
+#define LICKD_HOST_DEVICE __host__ __device__
+#else
+#define LICKD_HOST_DEVICE
+#endif
+
 namespace lickd {
 
 constexpr uint16_t kStreamMagic = 0x4B72;
@@ -51,8 +58,8 @@ uint32_t crc32_update(uint32_t crc, const uint8_t* data, size_t n);  // zlib's C
 // (murmur3's finaliser) and cut to 16 bits.
 constexpr uint32_t kLaneHashInit = 0x2545F491u;
 constexpr uint32_t kLaneHashMul = 0x9E3779B1u;
-inline uint32_t lane_hash_add(uint32_t h, int32_t symbol) { return h * kLaneHashMul + uint32_t(symbol); }
-inline uint32_t lane_check(uint32_t h) {
+LICKD_HOST_DEVICE inline uint32_t lane_hash_add(uint32_t h, int32_t symbol) { return h * kLaneHashMul + uint32_t(symbol); }
+LICKD_HOST_DEVICE inline uint32_t lane_check(uint32_t h) {
   h ^= h >> 16;
   h *= 0x85EBCA6Bu;
   h ^= h >> 13;
