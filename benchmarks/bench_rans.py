@@ -74,6 +74,32 @@ def model_workload(weights, image):
     return symbols.reshape(-1), scales.reshape(-1), f"y of {codec.name} on {os.path.basename(image)}"
 
 
+def cuda_rows(tables, symbols, indexes, ideal, repeats):
+    """lickd's CUDA coder on one stream and on a batch of 64 (symbols already on the GPU; times
+    include the bytes' copy to or from the host, as the API returns and takes host bytes)."""
+    from lickd.entropy.coder import cuda_coder_built
+    if not (cuda_coder_built() and torch.cuda.is_available()):
+        return [{"coder": "lickd CUDA", "note": "not measured: no CUDA coder in this build / no GPU here"}]
+    n = symbols.numel()
+    cpu_bytes = tables.encode(symbols, indexes)
+    rows = []
+    for batch in (1, 64):
+        sym = [symbols.cuda() for _ in range(batch)]
+        idx = [indexes.cuda() for _ in range(batch)]
+        streams = tables.encode_cuda(sym, idx)
+        assert all(s == cpu_bytes for s in streams), "CUDA and CPU streams differ"
+        assert all(torch.equal(o.cpu(), symbols) for o in tables.decode_cuda(streams, idx))
+        t_enc = timeit(lambda: tables.encode_cuda(sym, idx), repeats)
+        t_dec = timeit(lambda: (tables.decode_cuda(streams, idx), torch.cuda.synchronize()), repeats)
+        info = stream_info(cpu_bytes)
+        rows.append({"coder": f"lickd CUDA, batch {batch}", "encode_msym_s": batch * n / t_enc / 1e6,
+                     "decode_msym_s": batch * n / t_dec / 1e6, "bytes": len(cpu_bytes), "ideal_bytes": ideal,
+                     "overhead_pct": 100 * (len(cpu_bytes) / ideal - 1),
+                     "layout": f"{info['n_chunks']} chunk(s) x {info['lanes']} lanes per stream, P=15",
+                     "device": torch.cuda.get_device_name()})
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small workload, few repeats (CI-sized)")
@@ -139,7 +165,7 @@ def main(argv=None):
     except ImportError:
         rows.insert(0, {"coder": "CompressAI (not installed)"})
 
-    rows.append({"coder": "lickd CUDA", "note": "not measured: no CUDA coder in this build / no GPU here"})
+    rows += cuda_rows(tables, symbols, indexes, ideal, repeats)
     print(f"workload: {workload}, {n:,} symbols; median of {repeats}; {platform.processor() or platform.machine()}")
     print(f"{'coder':40s} {'enc Msym/s':>11s} {'dec Msym/s':>11s} {'bytes':>9s} {'overhead':>9s}  layout")
     for r in rows:

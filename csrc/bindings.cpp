@@ -1,4 +1,4 @@
-// Python bindings of the CPU rANS coder: module lickd._rans.
+// Python bindings of the rANS coder (CPU, and CUDA when built with it): module lickd._rans.
 // Arrays are taken without copies (C-contiguous int32 required; the Python wrapper
 // lickd.entropy.coder converts), and the GIL is released while coding.
 #include <pybind11/numpy.h>
@@ -84,7 +84,7 @@ py::dict stream_info(const py::bytes& data) {
 }  // namespace
 
 PYBIND11_MODULE(_rans, m) {
-  m.doc() = "lickd CPU rANS coder (stream format v1, see csrc/rans_format.h)";
+  m.doc() = "lickd rANS coder, CPU and CUDA (stream format v1, see csrc/rans_format.h)";
   py::register_exception<lickd::StreamError>(m, "StreamError", PyExc_ValueError);
 
   py::class_<TableSet>(m, "TableSet")
@@ -102,7 +102,7 @@ PYBIND11_MODULE(_rans, m) {
   m.def("stream_info", &stream_info, py::arg("data"));
 #ifdef LICKD_WITH_CUDA
   m.attr("WITH_CUDA") = true;
-  // Device copy of a TableSet (keeps the TableSet alive) and the batched CUDA decoder. Device
+  // Device copy of a TableSet (keeps the TableSet alive) and the batched CUDA coder. Device
   // buffers are passed as data pointers with the current CUDA stream handle.
   py::class_<lickd::DeviceTables>(m, "DeviceTables")
       .def(py::init<const TableSet&>(), py::arg("tables"), py::keep_alive<1, 2>())
@@ -118,6 +118,26 @@ PYBIND11_MODULE(_rans, m) {
       },
       py::arg("tables"), py::arg("streams"), py::arg("index_ptrs"), py::arg("out_ptrs"), py::arg("counts"),
       py::arg("stream"));
+  m.def(
+      "encode_cuda",
+      [](const lickd::DeviceTables& tables, const std::vector<uintptr_t>& symbol_ptrs,
+         const std::vector<uintptr_t>& index_ptrs, const std::vector<int64_t>& counts, int lanes, int64_t chunks,
+         double max_overhead, uintptr_t stream) {
+        lickd::EncodeOptions opt;
+        opt.lanes = lanes;
+        opt.chunks = chunks;
+        opt.max_overhead = max_overhead;
+        std::vector<std::vector<uint8_t>> out;
+        {
+          py::gil_scoped_release release;
+          out = lickd::rans_encode_cuda(tables, symbol_ptrs, index_ptrs, counts, opt, stream);
+        }
+        py::list result;
+        for (const auto& o : out) result.append(py::bytes(reinterpret_cast<const char*>(o.data()), o.size()));
+        return result;
+      },
+      py::arg("tables"), py::arg("symbol_ptrs"), py::arg("index_ptrs"), py::arg("counts"), py::arg("lanes") = 0,
+      py::arg("chunks") = 0, py::arg("max_overhead") = 0.0025, py::arg("stream") = 0);
 #else
   m.attr("WITH_CUDA") = false;
 #endif

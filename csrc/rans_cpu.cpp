@@ -2,8 +2,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cmath>
-#include <cstring>
 #include <exception>
 #include <mutex>
 #include <string>
@@ -12,11 +10,6 @@
 namespace lickd {
 
 namespace {
-
-constexpr uint64_t kMaxEscapeRaw = 1ull << 34;  // |value| < 2^33 for any int32 symbol and offset
-constexpr double kBytesPerLane = 3.0;            // measured flush cost of one lane (rans.md §4.2)
-constexpr int64_t kMinSymbolsPerChunk = 4096;
-constexpr int64_t kEstimateSamples = 1 << 16;
 
 void check_indexes(const TableSet& tables, const int32_t* indexes, int64_t n) {
   const int64_t t_max = tables.n_tables();
@@ -57,45 +50,17 @@ void parallel_chunks(int64_t n, int threads, Fn fn) {
   if (error) std::rethrow_exception(error);
 }
 
-int floor_log2(uint64_t v) { return 63 - __builtin_clzll(v); }
-
-// log2 with ~0.01 bit error: enough to size chunks, and cheap.
-inline float fast_log2(uint32_t v) {
-  float f = float(v);
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
-  const float e = float(int(bits >> 23) - 127);
-  uint32_t mbits = (bits & 0x7FFFFFu) | 0x3F800000u;
-  float m;
-  std::memcpy(&m, &mbits, 4);
-  m -= 1.0f;
-  return e + m * (1.3465557f - 0.3465557f * m);
-}
-
-// Symbol index within its table and, for out-of-range values, the escape's raw value.
-inline int32_t table_symbol(const TableRow& r, int32_t symbol, uint64_t* raw) {
-  const int32_t esc = r.n_symbols - 1;
-  const int64_t value = int64_t(symbol) - r.offset;
-  if (value >= 0 && value < esc) return int32_t(value);
-  *raw = value < 0 ? uint64_t(-2 * value - 1) : uint64_t(2 * (value - esc));
-  return esc;
-}
-
-// Estimated size in bits, from a deterministic sample of at most kEstimateSamples symbols.
-double estimate_bits(const TableSet& tables, const int32_t* symbols, const int32_t* indexes, int64_t n) {
-  if (n == 0) return 0;
-  const int64_t step = std::max<int64_t>(1, n / kEstimateSamples);
-  const int P = tables.precision();
-  double bits = 0;
-  int64_t sampled = 0;
-  for (int64_t i = 0; i < n; i += step, ++sampled) {
+// Sampled size estimate (rans_format.h): the exact integer sum every backend computes.
+uint64_t estimate_cost(const TableSet& tables, const int32_t* symbols, const int32_t* indexes, int64_t n) {
+  const int64_t step = estimate_step(n);
+  uint64_t cost = 0;
+  for (int64_t i = 0; i < n; i += step) {
     const TableRow& r = tables.row(indexes[i]);
     uint64_t raw = 0;
-    const int32_t s = table_symbol(r, symbols[i], &raw);
-    bits += P - fast_log2(r.cdf[s + 1] - r.cdf[s]);
-    if (s == r.n_symbols - 1) bits += floor_log2(raw + 1) + 1;
+    const int32_t s = split_symbol(symbols[i], r.offset, r.n_symbols, &raw);
+    cost += symbol_cost_q16(r.cdf[s + 1] - r.cdf[s], tables.precision(), s == r.n_symbols - 1, raw);
   }
-  return bits * double(n) / double(sampled);
+  return cost;
 }
 
 }  // namespace
@@ -103,36 +68,15 @@ double estimate_bits(const TableSet& tables, const int32_t* symbols, const int32
 std::vector<uint8_t> rans_encode(const TableSet& tables, const int32_t* symbols,
                                  const int32_t* indexes, int64_t n, const EncodeOptions& opt) {
   if (n < 0) throw std::invalid_argument("negative symbol count");
-  if (opt.lanes < 0 || opt.lanes > (1 << kMaxLog2Lanes) || (opt.lanes & (opt.lanes - 1)))
-    throw std::invalid_argument("lanes must be 0 (auto) or a power of two <= 32");
-  if (opt.chunks < 0) throw std::invalid_argument("chunks must be >= 0");
-  if (!(opt.max_overhead > 0)) throw std::invalid_argument("max_overhead must be > 0");
+  check_encode_options(opt);
   check_indexes(tables, indexes, n);
   const int P = tables.precision();
 
-  // Lanes and chunks: spend at most max_overhead of the estimated size on lane states.
   StreamHeader h;
   h.precision = P;
   h.table_hash = tables.hash();
-  h.n_symbols = uint64_t(n);
-  const double bits = estimate_bits(tables, symbols, indexes, n);
-  const double budget_lanes = std::max(1.0, opt.max_overhead * bits / 8.0 / kBytesPerLane);
-  int lanes = opt.lanes;
-  if (lanes == 0) {
-    lanes = 1;
-    while (lanes < (1 << kMaxLog2Lanes) && 2 * lanes <= budget_lanes) lanes *= 2;
-  }
-  h.log2_lanes = floor_log2(uint64_t(lanes));
-  if (n > 0) {
-    int64_t chunks = opt.chunks;
-    if (chunks == 0) {
-      chunks = std::max<int64_t>(1, int64_t(budget_lanes / lanes));
-      chunks = std::min<int64_t>(chunks, std::max<int64_t>(1, n / kMinSymbolsPerChunk));
-    }
-    chunks = std::min<int64_t>(chunks, n);
-    const int64_t per = (n + chunks - 1) / chunks;
-    h.n_chunks = uint64_t((n + per - 1) / per);  // no empty chunk
-  }
+  choose_layout(h, n, estimate_cost(tables, symbols, indexes, n), opt);
+  const int lanes = h.lanes();
   const int64_t per = int64_t(h.symbols_per_chunk());
   const int64_t n_chunks = int64_t(h.n_chunks);
   const int K = lanes;
@@ -150,7 +94,7 @@ std::vector<uint8_t> rans_encode(const TableSet& tables, const int32_t* symbols,
     for (int64_t j = 0; j < count; ++j) {
       const TableRow& r = tables.row(idx[j]);
       uint64_t raw = 0;
-      const int32_t s = table_symbol(r, sym[j], &raw);
+      const int32_t s = split_symbol(sym[j], r.offset, r.n_symbols, &raw);
       if (s == r.n_symbols - 1) escapes.push_back(raw);
       code[j] = r.cdf[s] | ((r.cdf[s + 1] - r.cdf[s]) << 16);
       hash[j & (K - 1)] = lane_hash_add(hash[j & (K - 1)], sym[j]);
@@ -160,15 +104,10 @@ std::vector<uint8_t> rans_encode(const TableSet& tables, const int32_t* symbols,
     if (!escapes.empty()) {
       uint64_t max_raw = 0;
       for (uint64_t e : escapes) max_raw = std::max(max_raw, e);
-      const int width = floor_log2(max_raw | 1) + 1;
+      const int width = escape_width(max_raw);
       w.u8(uint8_t(width));
       std::vector<uint8_t> packed(size_t((escapes.size() * width + 7) / 8), 0);
-      for (size_t e = 0; e < escapes.size(); ++e)
-        for (int b = 0; b < width; ++b)
-          if ((escapes[e] >> b) & 1) {
-            const uint64_t bit = e * uint64_t(width) + b;
-            packed[bit >> 3] |= uint8_t(1u << (bit & 7));
-          }
+      for (size_t e = 0; e < escapes.size(); ++e) put_escape(packed.data(), e, width, escapes[e]);
       w.bytes(packed.data(), packed.size());
     }
     // Backward pass, the exact reverse of the decoder's order; words are emitted backwards.
@@ -249,13 +188,7 @@ void rans_decode(const TableSet& tables, const uint8_t* data, size_t size, const
     uint64_t esc_used = 0;
     auto next_escape = [&]() -> uint64_t {
       if (esc_used >= n_esc) fail("escape marker without escape value");
-      uint64_t v = 0;
-      const uint64_t bit0 = esc_used++ * uint64_t(width);
-      for (int b = 0; b < width; ++b) {
-        const uint64_t bit = bit0 + b;
-        v |= uint64_t((packed[bit >> 3] >> (bit & 7)) & 1) << b;
-      }
-      return v;
+      return get_escape(packed, esc_used++, width);
     };
     // Lane states, then the words.
     uint32_t x[32], hash[32];
@@ -290,7 +223,7 @@ void rans_decode(const TableSet& tables, const uint8_t* data, size_t size, const
       if (s == row.n_symbols - 1) {
         const uint64_t raw = next_escape();
         if (raw >= kMaxEscapeRaw) fail("escape value out of range");
-        value = (raw & 1) ? -int64_t((raw >> 1) + 1) : int64_t(s) + int64_t(raw >> 1);
+        value = escaped_value(raw, s);
       }
       const int64_t sym = value + row.offset;
       if (sym < INT32_MIN || sym > INT32_MAX) fail("symbol out of int32 range");

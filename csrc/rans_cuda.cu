@@ -1,18 +1,37 @@
-// CUDA decoder for the lickd rANS stream format: one warp per chunk, the chunk's K lanes on warp
-// lanes 0..K-1. It reads exactly the bytes the CPU coder (rans_cpu.cpp) writes:
-//   * refill words are consumed in ascending lane order within a step: a ballot of the lanes that
-//     need a word, and each takes word number popc(ballot & lanes_below);
-//   * escape values are taken in symbol order the same way (ballot of escape markers);
-//   * each lane's final state must equal L + lane_check(hash of its symbols), every word of the
-//     chunk must be consumed and every escape value used; anything else is an error code per chunk.
+// CUDA coder for the lickd rANS stream format (rans_format.h): one warp per chunk, the chunk's K
+// lanes on warp lanes 0..K-1, writing and reading exactly the bytes of the CPU coder (rans_cpu.cpp).
+//
+// Decode: refill words are consumed in ascending lane order within a step (a ballot of the lanes
+// that need a word; each takes word number popc(ballot & lanes_below)); escape values are taken in
+// symbol order the same way; each lane's final state must equal L + lane_check(hash of its
+// symbols), every word of the chunk must be consumed and every escape value used; anything else is
+// an error code per chunk.
+//
+// Encode, in four launches with three small device-to-host copies between them:
+//   1. estimate_kernel: the sampled size estimate of every stream (integer sum, so the host picks
+//      the same lanes and chunks as the CPU coder: choose_layout);
+//   2. encode_scan_kernel: per chunk, its escape count and width and the lanes' initial states
+//      (L + lane_check), which the host turns into each chunk's head size;
+//   3. encode_chunks_kernel: the backward pass: every step's renormalisation words go to
+//      ptr - popc(ballot) in a per-chunk scratch (so the stream holds them in ascending lane order
+//      per step, as the CPU writes them), escape values into the packed section, final states;
+//   4. gather_chunks_kernel: chunk heads and words, compacted into the payload bytes.
 // Tables are read through the L1/L2 caches (a shared-memory copy is a later optimisation).
+//
+// tests/cuda_emu emulates the CUDA features used here on the CPU, so CI runs these kernels too.
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <climits>
 #include <cstring>
 #include <stdexcept>
 #include <string>
 
 #include "rans_cuda.h"
+
+#ifndef LICKD_LAUNCH  // the CPU emulator (tests/cuda_emu) defines its own
+#define LICKD_LAUNCH(kernel, grid, block, shared, stream) kernel<<<grid, block, shared, stream>>>
+#endif
 
 namespace lickd {
 
@@ -67,8 +86,52 @@ void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(e));
 }
 
+constexpr unsigned kFullMask = 0xFFFFFFFFu;
+constexpr int kThreadsPerBlock = 128;  // 4 warps, one chunk each
+
+// A device allocation on a stream, freed on scope exit (also when an error unwinds).
+template <class T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer(size_t n, cudaStream_t stream) : stream_(stream) {
+    check(cudaMallocAsync(&ptr_, sizeof(T) * (n ? n : 1), stream), "cudaMallocAsync");
+  }
+  ~DeviceBuffer() { cudaFreeAsync(ptr_, stream_); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  T* get() const { return ptr_; }
+  void upload(const std::vector<T>& host) {
+    if (!host.empty())
+      check(cudaMemcpyAsync(ptr_, host.data(), sizeof(T) * host.size(), cudaMemcpyHostToDevice, stream_), "upload");
+  }
+  void download(std::vector<T>& host) const {  // then synchronise the stream before reading host
+    if (!host.empty())
+      check(cudaMemcpyAsync(host.data(), ptr_, sizeof(T) * host.size(), cudaMemcpyDeviceToHost, stream_), "download");
+  }
+  void zero(size_t n) { check(cudaMemsetAsync(ptr_, 0, sizeof(T) * n, stream_), "cudaMemsetAsync"); }
+
+ private:
+  T* ptr_ = nullptr;
+  cudaStream_t stream_;
+};
+
+int blocks_for_warps(size_t warps) {
+  return int((warps + kThreadsPerBlock / 32 - 1) / (kThreadsPerBlock / 32));
+}
+
 __device__ __forceinline__ int warp_max(int v) {
-  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xFFFFFFFFu, v, o));
+  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(kFullMask, v, o));
+  return v;
+}
+__device__ __forceinline__ uint64_t warp_sum_u64(uint64_t v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
+  return v;
+}
+__device__ __forceinline__ uint64_t warp_max_u64(uint64_t v) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const uint64_t other = __shfl_xor_sync(kFullMask, v, o);
+    v = other > v ? other : v;
+  }
   return v;
 }
 
@@ -161,7 +224,7 @@ __global__ void decode_kernel(const uint8_t* __restrict__ bytes, const ChunkDesc
     }
     err = warp_max(lane_err);
     if (err) break;
-    const unsigned rmask = __ballot_sync(0xFFFFFFFFu, refill);
+    const unsigned rmask = __ballot_sync(kFullMask, refill);
     const int n_refill = __popc(rmask);
     if (uint64_t(end - wp) < 2ull * n_refill) {
       err = kTruncatedWords;
@@ -173,21 +236,16 @@ __global__ void decode_kernel(const uint8_t* __restrict__ bytes, const ChunkDesc
     }
     wp += 2 * n_refill;
     const bool is_escape = active && s == row.z - 1;
-    const unsigned emask = __ballot_sync(0xFFFFFFFFu, is_escape);
+    const unsigned emask = __ballot_sync(kFullMask, is_escape);
     int64_t value = s;
     if (is_escape) {
       const uint64_t e = esc_used + __popc(emask & below);
       if (e >= n_esc) {
         lane_err = kMissingEscape;
       } else {
-        uint64_t raw = 0;
-        const uint64_t bit0 = e * uint64_t(width);
-        for (int b = 0; b < width; ++b) {
-          const uint64_t bit = bit0 + b;
-          raw |= uint64_t((packed[bit >> 3] >> (bit & 7)) & 1) << b;
-        }
-        if (raw >= (1ull << 34)) lane_err = kEscapeRange;
-        value = (raw & 1) ? -int64_t((raw >> 1) + 1) : int64_t(s) + int64_t(raw >> 1);
+        const uint64_t raw = get_escape(packed, e, width);
+        if (raw >= kMaxEscapeRaw) lane_err = kEscapeRange;
+        value = escaped_value(raw, s);
       }
     }
     esc_used += __popc(emask);
@@ -206,6 +264,170 @@ __global__ void decode_kernel(const uint8_t* __restrict__ bytes, const ChunkDesc
   if (!err && esc_used != n_esc) err = kUnusedEscapes;
   if (!err && warp_max(lane < K && x != kRansL + lane_check(hash) ? 1 : 0)) err = kChecksum;
   if (lane == 0) status[warp] = err;
+}
+
+// ------------------------------------------------------------------ encoder kernels
+struct EncodeStream {  // estimate_kernel's view of one stream
+  uint64_t sym_ptr, idx_ptr;
+  int64_t n;
+};
+
+struct EncodeChunk {
+  uint64_t sym_ptr, idx_ptr;  // device int32* of the chunk's first symbol and index
+  int32_t count, lanes;
+  uint64_t head_offset;  // escape section + lane states, in the head buffer
+  uint64_t word_offset;  // first of `count` u16 scratch slots; the words end at word_offset + count
+  uint64_t out_offset;   // where the chunk's payload goes in the output
+  uint32_t head_bytes, pad;
+};
+
+struct ChunkStats {
+  uint32_t n_escapes;
+  int32_t width;  // escape width in bits, 0 without escapes
+  int32_t error;
+  int32_t pad;
+};
+
+__device__ __forceinline__ bool valid_index(int t, int n_tables) { return t >= 0 && t < n_tables; }
+
+// Sum of symbol_cost_q16 over the sampled positions of every stream (grid.y = stream).
+__global__ void estimate_kernel(const EncodeStream* __restrict__ streams, const uint32_t* __restrict__ cdf,
+                                const int4* __restrict__ rows, int n_tables, int precision,
+                                unsigned long long* __restrict__ cost) {
+  const EncodeStream st = streams[blockIdx.y];
+  const int32_t* sym = reinterpret_cast<const int32_t*>(st.sym_ptr);
+  const int32_t* idx = reinterpret_cast<const int32_t*>(st.idx_ptr);
+  const int64_t step = estimate_step(st.n), samples = estimate_sample_count(st.n);
+  uint64_t sum = 0;
+  for (int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < samples; k += int64_t(gridDim.x) * blockDim.x) {
+    const int t = idx[k * step];
+    if (!valid_index(t, n_tables)) continue;  // encode_scan_kernel reports it
+    const int4 r = rows[t];
+    uint64_t raw = 0;
+    const int32_t s = split_symbol(sym[k * step], r.w, r.z, &raw);
+    sum += symbol_cost_q16(cdf[r.x + s + 1] - cdf[r.x + s], precision, s == r.z - 1, raw);
+  }
+  sum = warp_sum_u64(sum);
+  if ((threadIdx.x & 31) == 0 && sum) atomicAdd(&cost[blockIdx.y], (unsigned long long)sum);
+}
+
+// Forward pass of each chunk: escape count and width, lane checks -> initial states x0.
+__global__ void encode_scan_kernel(const EncodeChunk* __restrict__ chunks, int n_chunks, const int4* __restrict__ rows,
+                                   int n_tables, ChunkStats* __restrict__ stats, uint32_t* __restrict__ x0) {
+  const int warp = int((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+  const int lane = int(threadIdx.x & 31);
+  if (warp >= n_chunks) return;  // the whole warp leaves together
+  const EncodeChunk c = chunks[warp];
+  const int32_t* sym = reinterpret_cast<const int32_t*>(c.sym_ptr);
+  const int32_t* idx = reinterpret_cast<const int32_t*>(c.idx_ptr);
+  uint32_t hash = kLaneHashInit;
+  uint64_t n_esc = 0, max_raw = 0;
+  int err = kOk;
+  if (lane < c.lanes)
+    for (int64_t j = lane; j < c.count; j += c.lanes) {
+      const int t = idx[j];
+      if (!valid_index(t, n_tables)) {
+        err = kBadIndex;
+        continue;
+      }
+      const int4 r = rows[t];
+      const int32_t v = sym[j];
+      uint64_t raw = 0;
+      if (split_symbol(v, r.w, r.z, &raw) == r.z - 1) {
+        ++n_esc;
+        max_raw = raw > max_raw ? raw : max_raw;
+      }
+      hash = lane_hash_add(hash, v);
+    }
+  n_esc = warp_sum_u64(n_esc);
+  max_raw = warp_max_u64(max_raw);
+  err = warp_max(err);
+  if (lane < c.lanes) x0[size_t(warp) * 32 + lane] = kRansL + lane_check(hash);
+  if (lane == 0) stats[warp] = ChunkStats{uint32_t(n_esc), n_esc ? escape_width(max_raw) : 0, err, 0};
+}
+
+// Backward pass of each chunk, the exact reverse of the decoder (see the CPU encoder).
+__global__ void encode_chunks_kernel(const EncodeChunk* __restrict__ chunks, const ChunkStats* __restrict__ stats,
+                                     const uint32_t* __restrict__ x0, int n_chunks, const uint32_t* __restrict__ cdf,
+                                     const int4* __restrict__ rows, int precision, uint8_t* __restrict__ head,
+                                     uint16_t* __restrict__ words, uint32_t* __restrict__ n_words) {
+  const int warp = int((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+  const int lane = int(threadIdx.x & 31);
+  if (warp >= n_chunks) return;
+  const EncodeChunk c = chunks[warp];
+  const ChunkStats st = stats[warp];
+  const int K = c.lanes, P = precision;
+  const unsigned below = (1u << lane) - 1u;
+  const int32_t* sym = reinterpret_cast<const int32_t*>(c.sym_ptr);
+  const int32_t* idx = reinterpret_cast<const int32_t*>(c.idx_ptr);
+  // Head: varint n_escapes [u8 width, packed escapes] then the K lane states.
+  uint8_t* h = head + c.head_offset;
+  int at = varint_size(st.n_escapes);
+  if (lane == 0) put_varint(h, st.n_escapes);
+  uint8_t* packed = h + at + 1;
+  if (st.n_escapes) {
+    if (lane == 0) h[at] = uint8_t(st.width);
+    at += 1 + int((uint64_t(st.n_escapes) * uint64_t(st.width) + 7) / 8);
+  }
+  uint8_t* states = h + at;
+
+  uint32_t x = lane < K ? x0[size_t(warp) * 32 + lane] : 0;
+  uint16_t* w = words + c.word_offset;
+  int64_t wpos = c.count;  // words are written backwards from the end of the scratch
+  uint64_t esc_left = st.n_escapes;
+  const uint32_t max_shift = 32 - P;
+  for (int64_t step = (int64_t(c.count) + K - 1) / K - 1; step >= 0; --step) {
+    const int64_t j = step * K + lane;
+    const bool active = lane < K && j < c.count;
+    uint32_t start = 0, freq = 1;
+    bool is_escape = false;
+    uint64_t raw = 0;
+    if (active) {
+      const int4 r = rows[idx[j]];
+      const int32_t s = split_symbol(sym[j], r.w, r.z, &raw);
+      is_escape = s == r.z - 1;
+      start = cdf[r.x + s];
+      freq = cdf[r.x + s + 1] - start;
+    }
+    const bool emit = active && x >= (freq << max_shift);
+    const unsigned rmask = __ballot_sync(kFullMask, emit);
+    wpos -= __popc(rmask);
+    if (emit) {
+      w[wpos + __popc(rmask & below)] = uint16_t(x);
+      x >>= kWordBits;
+    }
+    if (active) x = ((x / freq) << P) + (x % freq) + start;
+    const unsigned emask = __ballot_sync(kFullMask, is_escape);
+    if (emask) {  // rare: escapes of this step are numbers esc_left - popc(emask) ... in lane order
+      esc_left -= __popc(emask);
+      for (unsigned m = emask; m; m &= m - 1) {  // one lane at a time: neighbours share bytes
+        if (lane == __ffs(int(m)) - 1) put_escape(packed, esc_left + __popc(emask & below), st.width, raw);
+        __syncwarp();
+      }
+    }
+  }
+  if (lane < K)
+    for (int b = 0; b < 4; ++b) states[4 * lane + b] = uint8_t(x >> (8 * b));
+  if (lane == 0) n_words[warp] = uint32_t(c.count - wpos);
+}
+
+// Chunk payload = head bytes then the chunk's words (little-endian), at out_offset.
+__global__ void gather_chunks_kernel(const EncodeChunk* __restrict__ chunks, int n_chunks, const uint8_t* __restrict__ head,
+                                     const uint16_t* __restrict__ words, const uint32_t* __restrict__ n_words,
+                                     uint8_t* __restrict__ out) {
+  const int warp = int((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+  const int lane = int(threadIdx.x & 31);
+  if (warp >= n_chunks) return;
+  const EncodeChunk c = chunks[warp];
+  uint8_t* o = out + c.out_offset;
+  for (uint32_t i = lane; i < c.head_bytes; i += 32) o[i] = head[c.head_offset + i];
+  o += c.head_bytes;
+  const uint32_t nw = n_words[warp];
+  const uint16_t* w = words + c.word_offset + (uint64_t(c.count) - nw);
+  for (uint32_t i = lane; i < nw; i += 32) {
+    o[2 * i] = uint8_t(w[i]);
+    o[2 * i + 1] = uint8_t(w[i] >> 8);
+  }
 }
 
 template <class T>
@@ -250,7 +472,7 @@ void rans_decode_cuda(const DeviceTables& tables, const std::vector<std::string>
   const TableSet& t = tables.host;
   std::vector<ChunkDesc> chunks;
   std::vector<std::pair<size_t, uint64_t>> owner;  // (stream, chunk) of each descriptor
-  std::string all;
+  std::vector<uint8_t> all;  // every stream, concatenated
   for (size_t i = 0; i < n_streams; ++i) {
     const std::string& s = streams[i];
     StreamHeader h;
@@ -268,54 +490,180 @@ void rans_decode_cuda(const DeviceTables& tables, const std::vector<std::string>
     uint64_t offset = base + h.payload_offset;
     for (uint64_t c = 0; c < h.n_chunks; ++c) {
       const uint64_t begin = c * per, count = std::min<uint64_t>(h.n_symbols, begin + per) - begin;
+      if (count > uint64_t(INT32_MAX)) throw StreamError("stream " + std::to_string(i) + ": chunk too large");
       chunks.push_back(ChunkDesc{offset, offset + h.chunk_bytes[c], index_ptrs[i] + 4 * begin,
                                  out_ptrs[i] + 4 * begin, int32_t(count), h.lanes(), h.precision, 0});
       owner.emplace_back(i, c);
       offset += h.chunk_bytes[c];
     }
-    all += s;
+    all.insert(all.end(), s.begin(), s.end());
   }
   if (chunks.empty()) return;
   int device = -1;
   check(cudaGetDevice(&device), "cudaGetDevice");
   if (device != tables.device) throw std::invalid_argument("tables live on another CUDA device");
   cudaStream_t stream = reinterpret_cast<cudaStream_t>(cuda_stream);
-  uint8_t* d_bytes = nullptr;
-  ChunkDesc* d_chunks = nullptr;
-  int32_t* d_status = nullptr;
+  DeviceBuffer<uint8_t> d_bytes(all.size(), stream);
+  DeviceBuffer<ChunkDesc> d_chunks(chunks.size(), stream);
+  DeviceBuffer<int32_t> d_status(chunks.size(), stream);
   std::vector<int32_t> status(chunks.size(), 0);
-  auto release = [&]() {
-    cudaFreeAsync(d_bytes, stream);
-    cudaFreeAsync(d_chunks, stream);
-    cudaFreeAsync(d_status, stream);
-  };
-  try {
-    check(cudaMallocAsync(&d_bytes, all.size(), stream), "cudaMallocAsync");
-    check(cudaMallocAsync(&d_chunks, sizeof(ChunkDesc) * chunks.size(), stream), "cudaMallocAsync");
-    check(cudaMallocAsync(&d_status, sizeof(int32_t) * chunks.size(), stream), "cudaMallocAsync");
-    check(cudaMemcpyAsync(d_bytes, all.data(), all.size(), cudaMemcpyHostToDevice, stream), "upload");
-    check(cudaMemcpyAsync(d_chunks, chunks.data(), sizeof(ChunkDesc) * chunks.size(), cudaMemcpyHostToDevice, stream),
-          "upload");
-    const int threads = 128, warps_per_block = threads / 32;
-    const int blocks = int((chunks.size() + warps_per_block - 1) / warps_per_block);
-    decode_kernel<<<blocks, threads, 0, stream>>>(d_bytes, d_chunks, int(chunks.size()), tables.cdf, tables.lut,
-                                                  reinterpret_cast<const int4*>(tables.rows), int(t.n_tables()),
-                                                  t.lut_shift(), d_status);
-    check(cudaGetLastError(), "decode kernel launch");
-    check(cudaMemcpyAsync(status.data(), d_status, sizeof(int32_t) * chunks.size(), cudaMemcpyDeviceToHost, stream),
-          "status download");
-    check(cudaStreamSynchronize(stream), "decode");
-  } catch (...) {
-    release();
-    throw;
-  }
-  release();
+  d_bytes.upload(all);
+  d_chunks.upload(chunks);
+  LICKD_LAUNCH(decode_kernel, blocks_for_warps(chunks.size()), kThreadsPerBlock, 0, stream)(
+      d_bytes.get(), d_chunks.get(), int(chunks.size()), tables.cdf, tables.lut,
+      reinterpret_cast<const int4*>(tables.rows), int(t.n_tables()), t.lut_shift(), d_status.get());
+  check(cudaGetLastError(), "decode kernel launch");
+  d_status.download(status);
+  check(cudaStreamSynchronize(stream), "decode");
   for (size_t k = 0; k < chunks.size(); ++k)
     if (status[k] != kOk) {
       const std::string where = "stream " + std::to_string(owner[k].first) + " chunk " + std::to_string(owner[k].second);
       if (status[k] == kBadIndex) throw std::invalid_argument(where + ": " + error_text(status[k]));
       throw StreamError(where + ": " + error_text(status[k]));
     }
+}
+
+std::vector<std::vector<uint8_t>> rans_encode_cuda(const DeviceTables& tables, const std::vector<uintptr_t>& symbol_ptrs,
+                                                   const std::vector<uintptr_t>& index_ptrs,
+                                                   const std::vector<int64_t>& counts, const EncodeOptions& opt,
+                                                   uintptr_t cuda_stream) {
+  const size_t n_streams = symbol_ptrs.size();
+  if (index_ptrs.size() != n_streams || counts.size() != n_streams)
+    throw std::invalid_argument("symbols, indexes and counts differ in number");
+  check_encode_options(opt);
+  for (int64_t n : counts)
+    if (n < 0) throw std::invalid_argument("negative symbol count");
+  if (n_streams > 65535) throw std::invalid_argument("at most 65535 streams per call");
+  const TableSet& t = tables.host;
+  const int P = t.precision();
+  int device = -1;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  if (device != tables.device) throw std::invalid_argument("tables live on another CUDA device");
+  cudaStream_t stream = reinterpret_cast<cudaStream_t>(cuda_stream);
+  const int4* rows = reinterpret_cast<const int4*>(tables.rows);
+
+  // 1. Size estimates -> lanes and chunks of every stream, as the CPU coder picks them.
+  std::vector<uint64_t> cost(n_streams, 0);
+  if (n_streams) {
+    std::vector<EncodeStream> desc(n_streams);
+    int64_t most = 0;
+    for (size_t i = 0; i < n_streams; ++i) {
+      desc[i] = EncodeStream{symbol_ptrs[i], index_ptrs[i], counts[i]};
+      most = std::max(most, estimate_sample_count(counts[i]));
+    }
+    DeviceBuffer<EncodeStream> d_desc(n_streams, stream);
+    DeviceBuffer<unsigned long long> d_cost(n_streams, stream);
+    d_desc.upload(desc);
+    d_cost.zero(n_streams);
+    if (most > 0) {
+      const unsigned bx = unsigned(std::min<int64_t>(32, (most + 255) / 256));
+      LICKD_LAUNCH(estimate_kernel, dim3(bx, unsigned(n_streams)), 256, 0, stream)(
+          d_desc.get(), tables.cdf, rows, int(t.n_tables()), P, d_cost.get());
+      check(cudaGetLastError(), "estimate kernel launch");
+    }
+    std::vector<unsigned long long> sums(n_streams);
+    d_cost.download(sums);
+    check(cudaStreamSynchronize(stream), "size estimate");
+    std::copy(sums.begin(), sums.end(), cost.begin());
+  }
+  std::vector<StreamHeader> headers(n_streams);
+  std::vector<EncodeChunk> chunks;
+  std::vector<size_t> first_chunk(n_streams + 1, 0);
+  uint64_t n_total = 0;
+  for (size_t i = 0; i < n_streams; ++i) {
+    StreamHeader& h = headers[i];
+    h.precision = P;
+    h.table_hash = t.hash();
+    choose_layout(h, counts[i], cost[i], opt);
+    const uint64_t per = h.symbols_per_chunk();
+    if (per > uint64_t(INT32_MAX)) throw std::invalid_argument("more than 2^31 symbols in one chunk: ask for more chunks");
+    first_chunk[i] = chunks.size();
+    for (uint64_t c = 0; c < h.n_chunks; ++c) {
+      const uint64_t begin = c * per, count = std::min<uint64_t>(h.n_symbols, begin + per) - begin;
+      EncodeChunk e{};
+      e.sym_ptr = symbol_ptrs[i] + 4 * begin;
+      e.idx_ptr = index_ptrs[i] + 4 * begin;
+      e.count = int32_t(count);
+      e.lanes = h.lanes();
+      e.word_offset = n_total;
+      n_total += count;
+      chunks.push_back(e);
+    }
+  }
+  first_chunk[n_streams] = chunks.size();
+  std::vector<std::vector<uint8_t>> result(n_streams);
+  const size_t nc = chunks.size();
+  if (nc) {
+    // 2. Escapes and lane checks -> the size of every chunk's head.
+    DeviceBuffer<EncodeChunk> d_chunks(nc, stream);
+    DeviceBuffer<ChunkStats> d_stats(nc, stream);
+    DeviceBuffer<uint32_t> d_x0(nc * 32, stream);
+    d_chunks.upload(chunks);
+    LICKD_LAUNCH(encode_scan_kernel, blocks_for_warps(nc), kThreadsPerBlock, 0, stream)(
+        d_chunks.get(), int(nc), rows, int(t.n_tables()), d_stats.get(), d_x0.get());
+    check(cudaGetLastError(), "encode scan kernel launch");
+    std::vector<ChunkStats> stats(nc);
+    d_stats.download(stats);
+    check(cudaStreamSynchronize(stream), "encode scan");
+    uint64_t head_total = 0;
+    for (size_t k = 0; k < nc; ++k) {
+      if (stats[k].error) {
+        const size_t i = size_t(std::upper_bound(first_chunk.begin(), first_chunk.end(), k) - first_chunk.begin()) - 1;
+        throw std::invalid_argument("stream " + std::to_string(i) + ": CDF index outside [0, " +
+                                    std::to_string(t.n_tables()) + ")");
+      }
+      const uint64_t n_esc = stats[k].n_escapes;
+      chunks[k].head_offset = head_total;
+      chunks[k].head_bytes = uint32_t(varint_size(n_esc) + (n_esc ? 1 + (n_esc * uint64_t(stats[k].width) + 7) / 8 : 0) +
+                                      4 * uint64_t(chunks[k].lanes));
+      head_total += chunks[k].head_bytes;
+    }
+    // 3. The backward pass into the head buffer and the word scratch.
+    DeviceBuffer<uint8_t> d_head(head_total, stream);
+    DeviceBuffer<uint16_t> d_words(n_total, stream);
+    DeviceBuffer<uint32_t> d_n_words(nc, stream);
+    d_head.zero(head_total);  // the packed escapes are OR-ed in
+    d_chunks.upload(chunks);
+    LICKD_LAUNCH(encode_chunks_kernel, blocks_for_warps(nc), kThreadsPerBlock, 0, stream)(
+        d_chunks.get(), d_stats.get(), d_x0.get(), int(nc), tables.cdf, rows, P, d_head.get(), d_words.get(),
+        d_n_words.get());
+    check(cudaGetLastError(), "encode kernel launch");
+    std::vector<uint32_t> n_words(nc);
+    d_n_words.download(n_words);
+    check(cudaStreamSynchronize(stream), "encode");
+    // 4. Compaction into one payload buffer; each stream's header goes in front on the host.
+    uint64_t out_total = 0;
+    for (size_t k = 0; k < nc; ++k) {
+      chunks[k].out_offset = out_total;
+      out_total += chunks[k].head_bytes + 2 * uint64_t(n_words[k]);
+    }
+    DeviceBuffer<uint8_t> d_out(out_total, stream);
+    d_chunks.upload(chunks);
+    LICKD_LAUNCH(gather_chunks_kernel, blocks_for_warps(nc), kThreadsPerBlock, 0, stream)(
+        d_chunks.get(), int(nc), d_head.get(), d_words.get(), d_n_words.get(), d_out.get());
+    check(cudaGetLastError(), "gather kernel launch");
+    std::vector<uint8_t> payload(out_total);
+    d_out.download(payload);
+    check(cudaStreamSynchronize(stream), "encode output");
+    for (size_t i = 0; i < n_streams; ++i) {
+      const size_t a = first_chunk[i], b = first_chunk[i + 1];
+      for (size_t k = a; k < b; ++k) headers[i].chunk_bytes.push_back(chunks[k].head_bytes + 2 * uint64_t(n_words[k]));
+      ByteWriter w;
+      write_header(w, headers[i]);
+      if (b > a) {
+        const uint64_t from = chunks[a].out_offset, to = chunks[b - 1].out_offset + headers[i].chunk_bytes.back();
+        w.bytes(payload.data() + from, size_t(to - from));
+      }
+      result[i] = std::move(w.buf);
+    }
+    return result;
+  }
+  for (size_t i = 0; i < n_streams; ++i) {
+    ByteWriter w;
+    write_header(w, headers[i]);
+    result[i] = std::move(w.buf);
+  }
+  return result;
 }
 
 }  // namespace lickd

@@ -1,5 +1,5 @@
-// CUDA decoder for the lickd rANS stream format (rans_format.h): the same streams the CPU coder
-// writes, decoded one warp per chunk. Host-side API; device buffers are passed as raw pointers so
+// CUDA coder for the lickd rANS stream format (rans_format.h): the same streams the CPU coder
+// writes and reads, byte for byte, coded one warp per chunk. Host-side API; device buffers are passed as raw pointers so
 // the extension needs no PyTorch headers.
 #pragma once
 
@@ -33,5 +33,13 @@ class DeviceTables {
 void rans_decode_cuda(const DeviceTables& tables, const std::vector<std::string>& streams,
                       const std::vector<uintptr_t>& index_ptrs, const std::vector<uintptr_t>& out_ptrs,
                       const std::vector<int64_t>& counts, uintptr_t cuda_stream);
+
+// Encodes counts[i] symbols at symbol_ptrs[i] with the tables at index_ptrs[i] (device int32) for
+// every i in one set of launches on `stream`; returns each complete stream (host bytes), identical
+// to what rans_encode (CPU) writes for the same input and options (opt.threads is unused).
+std::vector<std::vector<uint8_t>> rans_encode_cuda(const DeviceTables& tables, const std::vector<uintptr_t>& symbol_ptrs,
+                                                   const std::vector<uintptr_t>& index_ptrs,
+                                                   const std::vector<int64_t>& counts, const EncodeOptions& opt,
+                                                   uintptr_t cuda_stream);
 
 }  // namespace lickd

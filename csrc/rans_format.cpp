@@ -1,5 +1,6 @@
 #include "rans_format.h"
 
+#include <algorithm>
 #include <array>
 
 namespace lickd {
@@ -73,6 +74,38 @@ StreamHeader read_header(const uint8_t* data, size_t size) {
     throw StreamError(total > r.remaining() ? "truncated stream (chunk payloads)"
                                             : "trailing bytes after the last chunk");
   return h;
+}
+
+void check_encode_options(const EncodeOptions& opt) {
+  if (opt.lanes < 0 || opt.lanes > (1 << kMaxLog2Lanes) || (opt.lanes & (opt.lanes - 1)))
+    throw std::invalid_argument("lanes must be 0 (auto) or a power of two <= 32");
+  if (opt.chunks < 0) throw std::invalid_argument("chunks must be >= 0");
+  if (!(opt.max_overhead > 0)) throw std::invalid_argument("max_overhead must be > 0");
+}
+
+void choose_layout(StreamHeader& h, int64_t n, uint64_t cost_q16, const EncodeOptions& opt) {
+  constexpr double kBytesPerLane = 3.0;  // measured flush cost of one lane (rans.md §4.2)
+  constexpr int64_t kMinSymbolsPerChunk = 4096;
+  h.n_symbols = uint64_t(n);
+  h.n_chunks = 0;
+  const int64_t sampled = estimate_sample_count(n);
+  const double bits = sampled ? double(cost_q16) / 65536.0 * double(n) / double(sampled) : 0.0;
+  const double budget_lanes = std::max(1.0, opt.max_overhead * bits / 8.0 / kBytesPerLane);
+  int lanes = opt.lanes;
+  if (lanes == 0) {
+    lanes = 1;
+    while (lanes < (1 << kMaxLog2Lanes) && 2 * lanes <= budget_lanes) lanes *= 2;
+  }
+  h.log2_lanes = floor_log2_u64(uint64_t(lanes));
+  if (n == 0) return;
+  int64_t chunks = opt.chunks;
+  if (chunks == 0) {
+    chunks = std::max<int64_t>(1, int64_t(budget_lanes / lanes));
+    chunks = std::min<int64_t>(chunks, std::max<int64_t>(1, n / kMinSymbolsPerChunk));
+  }
+  chunks = std::min<int64_t>(chunks, n);
+  const int64_t per = (n + chunks - 1) / chunks;
+  h.n_chunks = uint64_t((n + per - 1) / per);  // no empty chunk
 }
 
 }  // namespace lickd

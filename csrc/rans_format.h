@@ -68,6 +68,102 @@ LICKD_HOST_DEVICE inline uint32_t lane_check(uint32_t h) {
   return h & 0xFFFFu;
 }
 
+// ---------------------------------------------------------------- symbols and escapes
+// Escape raw values stay below 2^34 for any int32 symbol and offset (|overflow| < 2^33).
+constexpr uint64_t kMaxEscapeRaw = 1ull << 34;
+
+LICKD_HOST_DEVICE inline int floor_log2_u64(uint64_t v) {  // v > 0
+#ifdef __CUDA_ARCH__
+  return 63 - __clzll((long long)v);
+#else
+  return 63 - __builtin_clzll(v);
+#endif
+}
+
+// The table symbol of `symbol` in a row of n_symbols symbols (the last one the escape) starting
+// at `offset`: its index, or the escape with *raw = zigzag of the overflow (coded in the chunk's
+// escape section).
+LICKD_HOST_DEVICE inline int32_t split_symbol(int32_t symbol, int32_t offset, int32_t n_symbols, uint64_t* raw) {
+  const int32_t esc = n_symbols - 1;
+  const int64_t value = int64_t(symbol) - offset;
+  if (value >= 0 && value < esc) return int32_t(value);
+  *raw = value < 0 ? uint64_t(-2 * value - 1) : uint64_t(2 * (value - esc));
+  return esc;
+}
+
+// Inverse of split_symbol for an escape: the value relative to the row's offset.
+LICKD_HOST_DEVICE inline int64_t escaped_value(uint64_t raw, int32_t esc) {
+  return (raw & 1) ? -int64_t((raw >> 1) + 1) : int64_t(esc) + int64_t(raw >> 1);
+}
+
+// Bits an escape value takes in the escape section: the chunk's widest value sets the width.
+LICKD_HOST_DEVICE inline int escape_width(uint64_t max_raw) { return floor_log2_u64(max_raw | 1) + 1; }
+
+// Escape e of a chunk occupies bits [e * width, (e + 1) * width) of its packed section, LSB first.
+LICKD_HOST_DEVICE inline void put_escape(uint8_t* packed, uint64_t e, int width, uint64_t raw) {
+  for (int b = 0; b < width; ++b)
+    if ((raw >> b) & 1) {
+      const uint64_t bit = e * uint64_t(width) + b;
+      packed[bit >> 3] |= uint8_t(1u << (bit & 7));
+    }
+}
+LICKD_HOST_DEVICE inline uint64_t get_escape(const uint8_t* packed, uint64_t e, int width) {
+  uint64_t raw = 0;
+  for (int b = 0; b < width; ++b) {
+    const uint64_t bit = e * uint64_t(width) + b;
+    raw |= uint64_t((packed[bit >> 3] >> (bit & 7)) & 1) << b;
+  }
+  return raw;
+}
+
+// ---------------------------------------------------------------- encoder layout policy
+// How an encoder picks lanes and chunks. Every backend must pick the same to write the same
+// bytes, so the size estimate is integer arithmetic on a fixed sample: symbols at positions
+// 0, step, 2*step, ... (step = max(1, n / 2^16)), each costing P - log2(freq) bits (plus the raw
+// bits of an escape) in units of 2^-16 bit, summed exactly.
+constexpr int64_t kEstimateSamples = 1 << 16;
+LICKD_HOST_DEVICE inline int64_t estimate_step(int64_t n) { return n / kEstimateSamples > 1 ? n / kEstimateSamples : 1; }
+LICKD_HOST_DEVICE inline int64_t estimate_sample_count(int64_t n) {
+  return n > 0 ? (n + estimate_step(n) - 1) / estimate_step(n) : 0;
+}
+
+// Cost of one symbol of frequency freq (1..2^P) in 2^-16 bit: log2 to about 0.01 bit by
+// log2(1 + m) ~ m * (1.3465557 - 0.3465557 m), in fixed point.
+LICKD_HOST_DEVICE inline uint64_t symbol_cost_q16(uint32_t freq, int precision, bool escape, uint64_t raw) {
+  const int e = floor_log2_u64(freq);
+  const uint64_t m = ((uint64_t(freq) << 16) >> e) - (1u << 16);  // mantissa in [0, 1), Q16
+  const uint64_t log2_q16 = (uint64_t(e) << 16) + ((m * (88248u - ((22712u * m) >> 16))) >> 16);
+  uint64_t cost = (uint64_t(precision) << 16) - log2_q16;
+  if (escape) cost += uint64_t(floor_log2_u64(raw + 1) + 1) << 16;
+  return cost;
+}
+
+struct EncodeOptions {
+  int lanes = 0;                 // K in {1, 2, 4, 8, 16, 32}; 0 = choose from the estimated size
+  int64_t chunks = 0;            // 0 = choose from the estimated size and max_overhead
+  double max_overhead = 0.0025;  // rate budget for lane states, as a fraction of the estimate
+  int threads = 0;               // CPU coder: 0 = all hardware threads
+};
+void check_encode_options(const EncodeOptions& opt);  // std::invalid_argument when invalid
+
+struct StreamHeader;
+// Fills h.log2_lanes and h.n_chunks for n symbols whose sampled cost (estimate_sample_count(n)
+// samples) sums to cost_q16: lane states may take at most max_overhead of the estimated size.
+void choose_layout(StreamHeader& h, int64_t n, uint64_t cost_q16, const EncodeOptions& opt);
+
+// ---------------------------------------------------------------- varints (LEB128)
+LICKD_HOST_DEVICE inline int varint_size(uint64_t v) {
+  int n = 1;
+  for (; v >= 0x80; v >>= 7) ++n;
+  return n;
+}
+LICKD_HOST_DEVICE inline int put_varint(uint8_t* p, uint64_t v) {
+  int n = 0;
+  for (; v >= 0x80; v >>= 7) p[n++] = uint8_t(v) | 0x80;
+  p[n++] = uint8_t(v);
+  return n;
+}
+
 // ---------------------------------------------------------------- writer
 class ByteWriter {
  public:
@@ -81,11 +177,8 @@ class ByteWriter {
     for (int i = 0; i < 4; ++i) buf.push_back(uint8_t(v >> (8 * i)));
   }
   void varint(uint64_t v) {
-    while (v >= 0x80) {
-      buf.push_back(uint8_t(v) | 0x80);
-      v >>= 7;
-    }
-    buf.push_back(uint8_t(v));
+    uint8_t tmp[10];
+    bytes(tmp, size_t(put_varint(tmp, v)));
   }
   void bytes(const uint8_t* p, size_t n) { buf.insert(buf.end(), p, p + n); }
 };

@@ -65,22 +65,50 @@ class TableSet:
             raise CorruptFileError(str(e)) from None
         return torch.from_numpy(out).reshape(indexes.shape)
 
+    def _on_device(self, device: torch.device):
+        """These tables in the memory of CUDA ``device`` (uploaded once)."""
+        key = device.index if device.index is not None else torch.cuda.current_device()
+        if key not in self._device_tables:
+            with torch.cuda.device(key):
+                self._device_tables[key] = _rans.DeviceTables(self._impl)
+        return self._device_tables[key]
+
+    def encode_cuda(self, symbols: list[Tensor], indexes: list[Tensor], *, lanes: int = 0, chunks: int = 0,
+                    max_overhead: float = 0.0025) -> list[bytes]:
+        """Codes many (symbols, indexes) pairs of CUDA tensors in one set of launches on the current
+        stream; the symbols never leave the GPU, only the streams' bytes do. Each stream is byte
+        for byte what ``encode`` writes for the same input and options."""
+        if not cuda_coder_built():
+            raise RuntimeError("this lickd was built without the CUDA coder")
+        if len(symbols) != len(indexes) or not all(t.is_cuda for t in (*symbols, *indexes)):
+            raise ValueError("one CUDA symbol tensor and one CUDA index tensor per stream are needed")
+        if any(s.numel() != i.numel() for s, i in zip(symbols, indexes)):
+            raise ValueError("symbols and indexes must have the same number of elements")
+        if not symbols:
+            return []
+        device = symbols[0].device
+        sym = [s.to(device=device, dtype=torch.int32).contiguous() for s in symbols]
+        idx = [i.to(device=device, dtype=torch.int32).contiguous() for i in indexes]
+        with torch.cuda.device(device):
+            return _rans.encode_cuda(self._on_device(device), [s.data_ptr() for s in sym], [i.data_ptr() for i in idx],
+                                     [s.numel() for s in sym], lanes=lanes, chunks=chunks, max_overhead=max_overhead,
+                                     stream=torch.cuda.current_stream(device).cuda_stream)
+
     def decode_cuda(self, streams: list[bytes], indexes: list[Tensor]) -> list[Tensor]:
         """Decodes many streams in one launch on the current CUDA stream of the indexes' device;
         returns int32 CUDA tensors shaped like the indexes. Same errors as ``decode``."""
-        if not cuda_decoder_built():
-            raise RuntimeError("this lickd was built without the CUDA decoder")
+        if not cuda_coder_built():
+            raise RuntimeError("this lickd was built without the CUDA coder")
         if len(streams) != len(indexes) or not all(i.is_cuda for i in indexes):
             raise ValueError("one CUDA index tensor per stream is needed")
+        if not streams:
+            return []
         device = indexes[0].device
         idx = [i.to(device=device, dtype=torch.int32).contiguous() for i in indexes]
         out = [torch.empty_like(i) for i in idx]
         with torch.cuda.device(device):
-            key = torch.cuda.current_device()
-            if key not in self._device_tables:
-                self._device_tables[key] = _rans.DeviceTables(self._impl)
             try:
-                _rans.decode_cuda(self._device_tables[key], [bytes(s) for s in streams],
+                _rans.decode_cuda(self._on_device(device), [bytes(s) for s in streams],
                                   [i.data_ptr() for i in idx], [o.data_ptr() for o in out], [i.numel() for i in idx],
                                   torch.cuda.current_stream(device).cuda_stream)
             except StreamError as e:
@@ -88,16 +116,16 @@ class TableSet:
         return [o.reshape(i.shape) for o, i in zip(out, indexes)]
 
 
-def cuda_decoder_built() -> bool:
-    """Whether this build has the CUDA decoder (it still needs a GPU at run time)."""
+def cuda_coder_built() -> bool:
+    """Whether this build has the CUDA coder (it still needs a GPU at run time)."""
     return bool(_rans.WITH_CUDA)
 
 
-def use_cuda_decoder() -> bool:
-    """The entropy models decode on the GPU only when asked to (LICKD_CUDA_CODER=1): the CUDA
-    decoder has not yet been validated on a GPU (see the coder issue); the CPU coder reads the
-    same streams."""
-    return cuda_decoder_built() and os.environ.get("LICKD_CUDA_CODER") == "1" and torch.cuda.is_available()
+def use_cuda_coder() -> bool:
+    """The entropy models code on the GPU only when asked to (LICKD_CUDA_CODER=1): the CUDA coder
+    runs in CI on a CPU emulator of the GPU (tests/cuda_emu) but has not yet been validated on a
+    GPU (see the coder issue); the CPU coder reads and writes the same streams."""
+    return cuda_coder_built() and os.environ.get("LICKD_CUDA_CODER") == "1" and torch.cuda.is_available()
 
 
 def stream_info(data: bytes) -> dict:

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..layers.ops import LowerBound
 from .cdf import pmf_to_quantized_cdf
-from .coder import TableSet, use_cuda_decoder
+from .coder import TableSet, use_cuda_coder
 
 DEFAULT_PRECISION = 15
 
@@ -148,6 +148,9 @@ class EntropyModel(nn.Module):
             raise ValueError("`inputs` and `indexes` should have the same size.")
         tables = self.tables
         symbols = self.quantize(inputs, "symbols", means)
+        if symbols.is_cuda and use_cuda_coder():  # the symbols never leave the GPU
+            options = {k: v for k, v in coder_options.items() if k != "threads"}
+            return tables.encode_cuda(list(symbols.unbind(0)), list(indexes.unbind(0)), **options)
         return [tables.encode(symbols[i], indexes[i], **coder_options) for i in range(symbols.size(0))]
 
     def decompress_symbols(self, strings: Sequence[bytes], indexes: Tensor) -> Tensor:
@@ -155,7 +158,7 @@ class EntropyModel(nn.Module):
         if not isinstance(strings, (tuple, list)) or len(strings) != indexes.size(0):
             raise ValueError("Invalid strings or indexes parameters")
         tables = self.tables
-        if indexes.is_cuda and use_cuda_decoder():  # the symbols never leave the GPU
+        if indexes.is_cuda and use_cuda_coder():  # the symbols never leave the GPU
             return torch.stack(tables.decode_cuda(list(strings), list(indexes.unbind(0))))
         symbols = torch.stack([tables.decode(s, indexes[i]) for i, s in enumerate(strings)])
         return symbols.to(indexes.device)
