@@ -12,7 +12,9 @@ Convolutions are implicit GEMMs over a flattened (kh, kw, ci) reduction axis, so
 works (3 for the first layer, non-powers of two for students). Transposed 5x5/s2 convolutions
 (padding 2, output padding 1) are split into the 4 output phases (sub-pixel decomposition): phase
 (py, px) is a small convolution with (3 - py) x (3 - px) taps, and the phases are interleaved by
-the store. Output widths are padded to a power of two >= 16 inside the kernel (masked stores).
+the store. Triton tiles are powers of two, so the output channels are held as one block of C_LO
+(a power of two >= 16) or, where that saves padding, two blocks C_LO + C_HI (192 = 128 + 64,
+320 = 256 + 64, 96 = 64 + 32), with masked stores past COUT.
 Accumulation is fp32; operands are the storage dtype (bf16/fp16) or fp32 (TF32 on GPUs).
 Runs under ``TRITON_INTERPRET=1`` on CPUs, which is how CI tests it.
 """
@@ -43,45 +45,83 @@ def _pixel_rows(M, HGRID, WGRID, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def _epilogue(acc, bias_ptr, gamma_t_ptr, beta_ptr, y_ptr, out_row, mask_m, COUT,
-              C_PAD: tl.constexpr, ACT: tl.constexpr, UPCAST: tl.constexpr):
-    n = tl.arange(0, C_PAD)
-    mask_n = n < COUT
-    acc += tl.load(bias_ptr + n, mask=mask_n, other=0.0)[None, :]
-    if ACT == 1 or ACT == 2:
-        sq = (acc * acc).to(gamma_t_ptr.dtype.element_ty)
-        gamma_t = tl.load(gamma_t_ptr + n[:, None] * C_PAD + n[None, :])
-        norm = _dot(sq, gamma_t, tl.zeros((sq.shape[0], C_PAD), dtype=tl.float32), UPCAST)
-        norm += tl.load(beta_ptr + n)[None, :]
-        if ACT == 1:
-            acc = acc * tl.rsqrt(norm)
-        else:
-            acc = acc * tl.sqrt(norm)
+def _activate(acc, norm, ACT: tl.constexpr):
+    if ACT == 1:
+        acc = acc * tl.rsqrt(norm)
+    if ACT == 2:
+        acc = acc * tl.sqrt(norm)
     if ACT == 3:
         acc = tl.maximum(acc, 0.0)
     if ACT == 4:
         acc = tl.where(acc >= 0, acc, acc * 0.01)
-    tl.store(y_ptr + out_row[:, None] + n[None, :], acc.to(y_ptr.dtype.element_ty),
-             mask=mask_m[:, None] & mask_n[None, :])
+    return acc
+
+
+@triton.jit
+def _epilogue(acc_lo, acc_hi, bias_ptr, gamma_t_ptr, beta_ptr, y_ptr, out_row, mask_m, COUT,
+              C_LO: tl.constexpr, C_HI: tl.constexpr, HAS_HI: tl.constexpr, ACT: tl.constexpr,
+              UPCAST: tl.constexpr):
+    """Bias + activation on the channel blocks [0, C_LO) and (HAS_HI) [C_LO, C_LO + C_HI), then
+    one masked store each. GDN's norm couples the blocks: norm_lo = sq_lo @ G_ll + sq_hi @ G_hl and
+    norm_hi = sq_lo @ G_lh + sq_hi @ G_hh, over gamma^T packed [C_TOT, C_TOT]."""
+    C_TOT: tl.constexpr = C_LO + C_HI if HAS_HI else C_LO
+    n_lo = tl.arange(0, C_LO)
+    n_hi = C_LO + tl.arange(0, C_HI)
+    acc_lo += tl.load(bias_ptr + n_lo, mask=n_lo < COUT, other=0.0)[None, :]
+    if HAS_HI:
+        acc_hi += tl.load(bias_ptr + n_hi, mask=n_hi < COUT, other=0.0)[None, :]
+    norm_lo = acc_lo
+    norm_hi = acc_hi
+    if ACT == 1 or ACT == 2:
+        sq_lo = (acc_lo * acc_lo).to(gamma_t_ptr.dtype.element_ty)
+        norm_lo = tl.load(beta_ptr + n_lo)[None, :] + tl.zeros((sq_lo.shape[0], C_LO), dtype=tl.float32)
+        norm_lo = _dot(sq_lo, tl.load(gamma_t_ptr + n_lo[:, None] * C_TOT + n_lo[None, :]), norm_lo, UPCAST)
+        if HAS_HI:
+            sq_hi = (acc_hi * acc_hi).to(gamma_t_ptr.dtype.element_ty)
+            norm_lo = _dot(sq_hi, tl.load(gamma_t_ptr + n_hi[:, None] * C_TOT + n_lo[None, :]), norm_lo, UPCAST)
+            norm_hi = tl.load(beta_ptr + n_hi)[None, :] + tl.zeros((sq_hi.shape[0], C_HI), dtype=tl.float32)
+            norm_hi = _dot(sq_lo, tl.load(gamma_t_ptr + n_lo[:, None] * C_TOT + n_hi[None, :]), norm_hi, UPCAST)
+            norm_hi = _dot(sq_hi, tl.load(gamma_t_ptr + n_hi[:, None] * C_TOT + n_hi[None, :]), norm_hi, UPCAST)
+    acc_lo = _activate(acc_lo, norm_lo, ACT)
+    tl.store(y_ptr + out_row[:, None] + n_lo[None, :], acc_lo.to(y_ptr.dtype.element_ty),
+             mask=mask_m[:, None] & (n_lo < COUT)[None, :])
+    if HAS_HI:
+        acc_hi = _activate(acc_hi, norm_hi, ACT)
+        tl.store(y_ptr + out_row[:, None] + n_hi[None, :], acc_hi.to(y_ptr.dtype.element_ty),
+                 mask=mask_m[:, None] & (n_hi < COUT)[None, :])
+
+
+@triton.jit
+def _accumulate(a, w_ptr, k, acc_lo, acc_hi, C_LO: tl.constexpr, C_HI: tl.constexpr, HAS_HI: tl.constexpr,
+                UPCAST: tl.constexpr):
+    """acc += a @ w[k, :] for both channel blocks (w rows of C_TOT values)."""
+    C_TOT: tl.constexpr = C_LO + C_HI if HAS_HI else C_LO
+    wt = tl.load(w_ptr + k[:, None] * C_TOT + tl.arange(0, C_LO)[None, :])
+    a = a.to(wt.dtype)
+    acc_lo = _dot(a, wt, acc_lo, UPCAST)
+    if HAS_HI:
+        wt_hi = tl.load(w_ptr + k[:, None] * C_TOT + C_LO + tl.arange(0, C_HI)[None, :])
+        acc_hi = _dot(a, wt_hi, acc_hi, UPCAST)
+    return acc_lo, acc_hi
 
 
 @triton.jit
 def conv_act_kernel(x_ptr, w_ptr, bias_ptr, gamma_t_ptr, beta_ptr, y_ptr,
                     H, W, HO, WO, M, CIN, COUT,
                     KS: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,
-                    C_PAD: tl.constexpr, ACT: tl.constexpr, UPCAST: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+                    C_LO: tl.constexpr, C_HI: tl.constexpr, HAS_HI: tl.constexpr, ACT: tl.constexpr,
+                    UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """y[b, oh, ow, :] = act(sum_{kh, kw, ci} x[b, s*oh - p + kh, s*ow - p + kw, ci] w[(kh, kw, ci), :] + bias).
 
-    w is packed [K_PAD, C_PAD] with rows in (kh, kw, ci) order, zero past KS*KS*CIN and COUT.
+    w is packed [K_PAD, C_TOT] with rows in (kh, kw, ci) order, zero past KS*KS*CIN and COUT.
     """
     offs_m, mask_m, b, oh, ow = _pixel_rows(M, HO, WO, BLOCK_M)
     ih0 = oh * STRIDE - PAD
     iw0 = ow * STRIDE - PAD
     offs_k = tl.arange(0, BLOCK_K)
-    n = tl.arange(0, C_PAD)
     kt = KS * KS * CIN
-    acc = tl.zeros((BLOCK_M, C_PAD), dtype=tl.float32)
+    acc_lo = tl.zeros((BLOCK_M, C_LO), dtype=tl.float32)
+    acc_hi = tl.zeros((BLOCK_M, C_HI), dtype=tl.float32)
     for k0 in range(0, kt, BLOCK_K):
         k = k0 + offs_k
         tap = k // CIN
@@ -92,31 +132,31 @@ def conv_act_kernel(x_ptr, w_ptr, bias_ptr, gamma_t_ptr, beta_ptr, y_ptr,
         iw = iw0[:, None] + kw[None, :]
         valid = mask_m[:, None] & (k < kt)[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         a = tl.load(x_ptr + ((b[:, None] * H + ih) * W + iw) * CIN + ci[None, :], mask=valid, other=0.0)
-        wt = tl.load(w_ptr + k[:, None] * C_PAD + n[None, :])
-        acc = _dot(a.to(wt.dtype), wt, acc, UPCAST)
-    _epilogue(acc, bias_ptr, gamma_t_ptr, beta_ptr, y_ptr, offs_m * COUT, mask_m, COUT, C_PAD, ACT, UPCAST)
+        acc_lo, acc_hi = _accumulate(a, w_ptr, k, acc_lo, acc_hi, C_LO, C_HI, HAS_HI, UPCAST)
+    _epilogue(acc_lo, acc_hi, bias_ptr, gamma_t_ptr, beta_ptr, y_ptr, offs_m * COUT, mask_m, COUT,
+              C_LO, C_HI, HAS_HI, ACT, UPCAST)
 
 
 @triton.jit
 def deconv_act_kernel(x_ptr, w_ptr, bias_ptr, gamma_t_ptr, beta_ptr, y_ptr,
                       H, W, M, CIN, COUT,
-                      C_PAD: tl.constexpr, ACT: tl.constexpr, UPCAST: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+                      C_LO: tl.constexpr, C_HI: tl.constexpr, HAS_HI: tl.constexpr, ACT: tl.constexpr,
+                      UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """Transposed conv 5x5, stride 2, padding 2, output padding 1, one output phase per grid column.
 
     Phase (py, px) writes y[b, 2*mh + py, 2*mw + px, :]; its tap (th, tw) (th < 3 - py, tw < 3 - px)
     reads x[b, mh + 1 - th, mw + 1 - tw, :] with weight W[ci, co, py + 2*th, px + 2*tw]. w is packed
-    [4, 9 * CIN (padded to BLOCK_K), C_PAD] with rows (th, tw, ci), zero for taps a phase lacks.
+    [4, 9 * CIN (padded to BLOCK_K), C_TOT] with rows (th, tw, ci), zero for taps a phase lacks.
     """
     phase = tl.program_id(1)
     py = phase // 2
     px = phase - py * 2
     offs_m, mask_m, b, mh, mw = _pixel_rows(M, H, W, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
-    n = tl.arange(0, C_PAD)
     kt = 9 * CIN
     k_rows = tl.cdiv(kt, BLOCK_K) * BLOCK_K
-    acc = tl.zeros((BLOCK_M, C_PAD), dtype=tl.float32)
+    acc_lo = tl.zeros((BLOCK_M, C_LO), dtype=tl.float32)
+    acc_hi = tl.zeros((BLOCK_M, C_HI), dtype=tl.float32)
     for k0 in range(0, kt, BLOCK_K):
         k = k0 + offs_k
         tap = k // CIN
@@ -128,7 +168,7 @@ def deconv_act_kernel(x_ptr, w_ptr, bias_ptr, gamma_t_ptr, beta_ptr, y_ptr,
         valid = (mask_m[:, None] & (k < kt)[None, :] & (th < 3 - py)[None, :] & (tw < 3 - px)[None, :]
                  & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))
         a = tl.load(x_ptr + ((b[:, None] * H + ih) * W + iw) * CIN + ci[None, :], mask=valid, other=0.0)
-        wt = tl.load(w_ptr + (phase * k_rows + k)[:, None] * C_PAD + n[None, :])
-        acc = _dot(a.to(wt.dtype), wt, acc, UPCAST)
+        acc_lo, acc_hi = _accumulate(a, w_ptr, phase * k_rows + k, acc_lo, acc_hi, C_LO, C_HI, HAS_HI, UPCAST)
     out_row = ((b * (2 * H) + 2 * mh + py) * (2 * W) + 2 * mw + px) * COUT
-    _epilogue(acc, bias_ptr, gamma_t_ptr, beta_ptr, y_ptr, out_row, mask_m, COUT, C_PAD, ACT, UPCAST)
+    _epilogue(acc_lo, acc_hi, bias_ptr, gamma_t_ptr, beta_ptr, y_ptr, out_row, mask_m, COUT,
+              C_LO, C_HI, HAS_HI, ACT, UPCAST)

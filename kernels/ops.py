@@ -3,7 +3,8 @@
 Weights are packed once per (weights version, dtype, device) into the layouts the kernels read:
 conv ``[K_PAD, C_PAD]`` (rows kh, kw, ci), transposed conv ``[4 phases, K_PAD, C_PAD]`` (rows
 th, tw, ci), and GDN's ``gamma^T`` ``[C_PAD, C_PAD]`` with ``beta`` padded with ones (so padded
-channels stay finite and are never stored).
+channels stay finite and are never stored). C_PAD = C_LO + C_HI, the output channel blocks
+(``channel_blocks``).
 
 The autograd functions run the fused kernel forward and compute the backward by recomputing
 the PyTorch reference (conv + GDN) on the saved inputs: exact gradients of the same function,
@@ -30,8 +31,32 @@ def _upcast(dtype: torch.dtype) -> bool:
     return dtype != torch.float32 and os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def channel_blocks(c: int) -> tuple[int, int]:
+    """(C_LO, C_HI): c output channels as one power-of-two block (C_HI = 0) or two, whichever pads
+    less (192 -> 128 + 64, 320 -> 256 + 64, 40 -> 32 + 16; 128 -> 128; 112 -> 128). C_HI is at
+    least C_LO / 4: a 256 + 32 split compiles to heavy spills on sm_90 (kernels/resources.py)."""
+    whole = max(16, triton.next_power_of_2(c))
+    lo = max(16, 1 << (c.bit_length() - 1))
+    hi = max(16, lo // 4, triton.next_power_of_2(c - lo)) if c > lo else 0
+    return (lo, hi) if hi and lo + hi < whole else (whole, 0)
+
+
 def _c_pad(c: int) -> int:
-    return max(16, triton.next_power_of_2(c))
+    """Packed row width: C_LO + C_HI."""
+    return sum(channel_blocks(c))
+
+
+def num_warps(c_pad: int) -> int:
+    """8 warps from 128 padded channels up: half the registers per thread of 4 warps, and no spills
+    at 512 (sm_90, see kernels/resources.py)."""
+    return 8 if c_pad >= 128 else 4
+
+
+def launch_constexprs(cout: int, act: str, dtype: torch.dtype) -> dict:
+    """The compile-time parameters shared by both kernels for ``cout`` output channels."""
+    lo, hi = channel_blocks(cout)
+    return {"C_LO": lo, "C_HI": hi or 16, "HAS_HI": hi > 0, "ACT": ACTIVATIONS[act], "UPCAST": _upcast(dtype),
+            "BLOCK_M": BLOCK_M, "BLOCK_K": BLOCK_K}
 
 
 def _k_pad(k: int) -> int:
@@ -79,30 +104,32 @@ def _dummy(device, dtype=torch.float32):
 
 
 def conv_act_nhwc(x: Tensor, w_packed: Tensor, bias: Tensor, cout: int, ks: int, stride: int, pad: int,
-                  act: int, gdn: tuple[Tensor, Tensor] | None = None, out_dtype: torch.dtype | None = None) -> Tensor:
+                  act: str, gdn: tuple[Tensor, Tensor] | None = None, out_dtype: torch.dtype | None = None) -> Tensor:
     """x: [B, H, W, Cin] contiguous -> [B, HO, WO, Cout]."""
     bsz, h, w, cin = x.shape
     ho, wo = (h + 2 * pad - ks) // stride + 1, (w + 2 * pad - ks) // stride + 1
     y = torch.empty(bsz, ho, wo, cout, dtype=out_dtype or x.dtype, device=x.device)
     m = bsz * ho * wo
+    assert w_packed.shape[1] == _c_pad(cout)
     beta_p, gamma_t = gdn if gdn is not None else (_dummy(x.device), _dummy(x.device, w_packed.dtype))
     conv_act_kernel[(triton.cdiv(m, BLOCK_M),)](
         x, w_packed, bias.detach().float().contiguous(), gamma_t, beta_p, y, h, w, ho, wo, m, cin, cout,
-        KS=ks, STRIDE=stride, PAD=pad, C_PAD=w_packed.shape[1], ACT=act, UPCAST=_upcast(w_packed.dtype),
-        BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K)
+        KS=ks, STRIDE=stride, PAD=pad, **launch_constexprs(cout, act, w_packed.dtype),
+        num_warps=num_warps(w_packed.shape[1]))
     return y
 
 
-def deconv_act_nhwc(x: Tensor, w_packed: Tensor, bias: Tensor, cout: int, act: int,
+def deconv_act_nhwc(x: Tensor, w_packed: Tensor, bias: Tensor, cout: int, act: str,
                     gdn: tuple[Tensor, Tensor] | None = None, out_dtype: torch.dtype | None = None) -> Tensor:
     """x: [B, H, W, Cin] contiguous -> [B, 2H, 2W, Cout] (transposed conv 5x5/s2, p=2, op=1)."""
     bsz, h, w, cin = x.shape
     y = torch.empty(bsz, 2 * h, 2 * w, cout, dtype=out_dtype or x.dtype, device=x.device)
     m = bsz * h * w
+    assert w_packed.shape[2] == _c_pad(cout)
     beta_p, gamma_t = gdn if gdn is not None else (_dummy(x.device), _dummy(x.device, w_packed.dtype))
     deconv_act_kernel[(triton.cdiv(m, BLOCK_M), 4)](
         x, w_packed, bias.detach().float().contiguous(), gamma_t, beta_p, y, h, w, m, cin, cout,
-        C_PAD=w_packed.shape[2], ACT=act, UPCAST=_upcast(w_packed.dtype), BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K)
+        **launch_constexprs(cout, act, w_packed.dtype), num_warps=num_warps(w_packed.shape[2]))
     return y
 
 
@@ -138,9 +165,9 @@ class FusedConvActFunction(torch.autograd.Function):
         gdn = packed["gdn"] if act in ("gdn", "igdn") else None
         cout = weight.shape[1] if transposed else weight.shape[0]
         if transposed:
-            y = deconv_act_nhwc(x_nhwc, packed["w"], bias, cout, ACTIVATIONS[act], gdn, out_dtype=out_dtype or dtype)
+            y = deconv_act_nhwc(x_nhwc, packed["w"], bias, cout, act, gdn, out_dtype=out_dtype or dtype)
         else:
-            y = conv_act_nhwc(x_nhwc, packed["w"], bias, cout, weight.shape[-1], stride, pad, ACTIVATIONS[act], gdn,
+            y = conv_act_nhwc(x_nhwc, packed["w"], bias, cout, weight.shape[-1], stride, pad, act, gdn,
                               out_dtype=out_dtype or dtype)
         # Logical NCHW, physically NHWC (channels_last): no copy.
         return y.permute(0, 3, 1, 2)

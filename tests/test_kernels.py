@@ -45,6 +45,7 @@ LAYERS = [
     ("h_a conv3x3/s1 + LeakyReLU", False, 20, 16, 3, 1, 1, "leaky_relu"),
     ("deconv M->N + IGDN", True, 20, 24, 5, 2, 2, "igdn"),
     ("deconv C->C + IGDN, C=48", True, 48, 48, 5, 2, 2, "igdn"),
+    ("conv + GDN, C=72 (64 + 16 channel blocks)", False, 16, 72, 5, 2, 2, "gdn"),
     ("g_s last deconv N->3", True, 16, 3, 5, 2, 2, "none"),
     ("h_s deconv + ReLU", True, 16, 16, 5, 2, 2, "relu"),
 ]
@@ -152,13 +153,23 @@ def test_compressai_model_accelerates_in_place():
         assert rel(model.to(DEVICE).g_a(x.to(DEVICE)).cpu(), ref) <= (2e-3 if GPU else 1e-5)
 
 
-def test_wide_gdn_layers_stay_in_pytorch_until_split_kernels_exist():
+def test_wide_layers_fuse_as_two_channel_blocks_and_fp32_gdn_beyond_128_stays_in_pytorch():
+    # bf16: conv+GDN at 192 channels runs as 128 + 64 blocks, the last conv (320) as 256 + 64.
     model = accelerate(build_model("mbt2018-mean", 192, 320), dtype=torch.bfloat16)
-    kinds = [step[0] for step in model.g_a.plan()]
-    # conv+GDN at 192 channels (padded 256) fall back layer by layer; the last conv (320 -> 512 padded) too
-    assert kinds == ["layer"] * 7
-    small = accelerate(build_model("mbt2018-mean", 128, 192), dtype=torch.bfloat16)
+    assert [step[0] for step in model.g_a.plan()] == ["fused"] * 4
+    # fp32 operands of the 192-wide gamma product would spill: those layers stay in PyTorch.
+    model = accelerate(build_model("mbt2018-mean", 192, 320), dtype=torch.float32)
+    assert [step[0] for step in model.g_a.plan()] == ["layer"] * 6 + ["fused"]
+    small = accelerate(build_model("mbt2018-mean", 128, 192), dtype=torch.float32)
     assert [step[0] for step in small.g_a.plan()] == ["fused"] * 4
+
+
+@pytest.mark.parametrize("c,blocks", [(3, (16, 0)), (16, (16, 0)), (24, (32, 0)), (40, (32, 16)), (96, (64, 32)),
+                                      (112, (128, 0)), (128, (128, 0)), (192, (128, 64)), (288, (256, 64)),
+                                      (320, (256, 64)), (384, (256, 128)), (480, (512, 0))])
+def test_channel_blocks(c, blocks):
+    from lickd.kernels.ops import channel_blocks
+    assert channel_blocks(c) == blocks and sum(blocks) >= c
 
 
 def test_disabled_or_unsupported_layers_fall_back_exactly():
@@ -182,3 +193,17 @@ def test_training_step_through_fused_layers_updates_every_parameter():
     for name, p in model.named_parameters():
         if not name.endswith("quantiles"):
             assert p.grad is not None and bool(torch.isfinite(p.grad).all()), name
+
+
+def test_every_fused_layer_of_the_zoo_sizes_compiles_for_h100_without_spills(tmp_path):
+    """Ahead-of-time compilation for sm_90 (no GPU needed; in a process without the interpreter):
+    a layer the plan fuses must not spill registers to local memory nor ask for more shared
+    memory than an H100 SM has."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-m", "lickd.kernels.resources", "--check", "--arch", "90"], env=env,
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "0 layer(s) over the limits" in r.stdout and r.stdout.count("\n") > 40

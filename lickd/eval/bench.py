@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import resource
 import statistics
+import threading
 import time
 from collections import defaultdict
+from typing import Optional
 
 import numpy as np
 import torch
@@ -81,8 +83,9 @@ def stage_timer(model, sync):
             h.remove()
 
 
-class _Energy:
-    """NVML energy counter of one GPU (None when unavailable)."""
+class NvmlDevice:
+    """NVML counters of one GPU: energy, power, utilisation (``handle`` None when unavailable,
+    with the ``reason``)."""
 
     def __init__(self, device: torch.device):
         self.handle, self.reason = None, ""
@@ -109,6 +112,36 @@ class _Energy:
             time.sleep(0.01)
         return statistics.mean(samples)
 
+    def busy_percent(self) -> int:
+        """NVML's utilisation: % of the last sample period in which a kernel was running."""
+        return int(self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu)
+
+
+class BusySampler:
+    """Mean GPU utilisation (NVML) over a ``with`` block, sampled every ``period`` s in a thread;
+    ``mean`` stays None without NVML."""
+
+    def __init__(self, device: torch.device, period: float = 0.05):
+        self.nvml, self.period, self.samples = NvmlDevice(device), period, []
+        self.mean: Optional[float] = None
+
+    def _run(self):
+        while not self._stop.wait(self.period):
+            self.samples.append(self.nvml.busy_percent())
+
+    def __enter__(self):
+        if self.nvml.handle is not None:
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.nvml.handle is not None:
+            self._stop.set()
+            self._thread.join()
+            self.mean = statistics.mean(self.samples) if self.samples else None
+
 
 def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
     if device.type == "cuda":
@@ -129,7 +162,7 @@ def benchmark(codec, image: np.ndarray, repeats: int = 10, warmup: int = 2) -> d
     for _ in range(warmup):
         codec.decompress(codec.compress(image))
     rows = {"encode": defaultdict(list), "decode": defaultdict(list)}
-    energy = _Energy(device)
+    energy = NvmlDevice(device)
     idle = energy.idle_watts() if energy.handle else None
     e0 = energy.joules() if energy.handle else None
     t_all = time.perf_counter()

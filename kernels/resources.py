@@ -1,0 +1,134 @@
+"""Ahead-of-time compilation of the fused kernels for a GPU architecture, without a GPU.
+
+``compile_layer`` builds a kernel exactly as the launchers in ``ops`` would launch it (same
+constexprs, same number of warps) for, by default, sm_90 (H100/H200), and ``resources`` reads
+back what the hardware will be asked for: registers per thread, local-memory stack (spills),
+shared memory. A configuration that spills or needs more shared memory than an SM has would be
+slow or fail to launch on the GPU; CI checks every layer of the shipped model sizes this way
+(tests/test_kernels.py), and ``python -m lickd.kernels.resources [--check]`` prints the table.
+Triton's compiler needs ``TRITON_INTERPRET`` unset (the interpreter replaces the kernels).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from .conv_act import conv_act_kernel, deconv_act_kernel
+from .ops import _c_pad, launch_constexprs, num_warps
+
+#: Model sizes whose layers CI checks: the teachers (CompressAI's two sizes) and students.
+ZOO_SIZES = (("mbt2018-mean", 128, 192), ("mbt2018-mean", 192, 320), ("bmshj2018-hyperprior", 128, 192),
+             ("mbt2018-mean", 64, 192), ("mbt2018-mean", 32, 96), ("mbt2018-mean", 48, 112))
+#: Shared memory one thread block may use on sm_80 / sm_90 (opt-in maximum).
+MAX_SHARED = {80: 163 * 1024, 90: 227 * 1024}
+_TRITON_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+@dataclass(frozen=True)
+class Resources:
+    registers: int
+    stack_bytes: int  # local memory per thread: spills (and dynamic indexing)
+    shared_bytes: int
+    num_warps: int
+
+
+def compile_layer(transposed: bool, cout: int, act: str, dtype: torch.dtype, ks: int = 5, stride: int = 2,
+                  pad: int = 2, arch: int = 90):
+    """The compiled kernel the launcher would run for this layer (input width does not change it)."""
+    t = _TRITON_DTYPES[dtype]
+    gamma_t = "bf16" if dtype == torch.float16 else t  # as pack_gdn stores it
+    signature = {"x_ptr": f"*{t}", "w_ptr": f"*{t}", "bias_ptr": "*fp32", "gamma_t_ptr": f"*{gamma_t}",
+                 "beta_ptr": "*fp32", "y_ptr": f"*{t}", "H": "i32", "W": "i32"}
+    if not transposed:
+        signature.update({"HO": "i32", "WO": "i32"})
+    signature.update({"M": "i32", "CIN": "i32", "COUT": "i32"})
+    constexprs = launch_constexprs(cout, act, dtype)
+    constexprs["UPCAST"] = False  # the GPU path
+    if not transposed:
+        constexprs = {"KS": ks, "STRIDE": stride, "PAD": pad, **constexprs}
+    signature.update({k: "constexpr" for k in constexprs})
+    kernel = deconv_act_kernel if transposed else conv_act_kernel
+    src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps(_c_pad(cout))})
+
+
+def resources(compiled) -> Resources:
+    """Registers and stack from the cubin (Triton's bundled cuobjdump), shared memory from Triton."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(compiled.asm["cubin"])
+        text = subprocess.run([tool, "--dump-resource-usage", path], capture_output=True, text=True,
+                              check=True).stdout
+    m = re.search(r"REG:(\d+) STACK:(\d+)", text)
+    if m is None:
+        raise RuntimeError(f"unexpected cuobjdump output: {text[-300:]}")
+    return Resources(int(m.group(1)), int(m.group(2)), int(compiled.metadata.shared),
+                     int(compiled.metadata.num_warps))
+
+
+def model_layers(architecture: str, N: int, M: int, dtype: torch.dtype) -> list[tuple[str, bool, int, str, int, int, int]]:
+    """(name, transposed, cout, act, ks, stride, pad) of every layer FusedSequential fuses, at
+    ``dtype``, in the model's g_a, g_s, h_a and h_s."""
+    from ..models import build_model
+    from .modules import FusedSequential
+
+    model = build_model(architecture, N, M)
+    out = []
+    for name in ("g_a", "g_s", "h_a", "h_s"):
+        seq = getattr(model, name, None)
+        if seq is None:
+            continue
+        fused = FusedSequential.from_sequential(seq, dtype=dtype)
+        layers = list(fused)
+        for step in fused.plan():
+            if step[0] != "fused":
+                continue
+            _, i, _, act, (transposed, stride, pad) = step
+            conv = layers[i]
+            out.append((f"{name}.{i}", transposed, conv.out_channels, act, conv.kernel_size[0], stride, pad))
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Registers, spills and shared memory of every fused layer, per GPU arch")
+    p.add_argument("--arch", type=int, default=90)
+    p.add_argument("--sizes", default=",".join(f"{a}:{n}:{m}" for a, n, m in ZOO_SIZES))
+    p.add_argument("--check", action="store_true", help="exit 1 when a fused layer spills or overflows shared memory")
+    args = p.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        p.error("unset TRITON_INTERPRET: the interpreter does not compile kernels")
+    limit = MAX_SHARED.get(args.arch, 0)
+    print(f"sm_{args.arch}, Triton {triton.__version__}; shared memory limit {limit // 1024} KB")
+    print(f"{'model':30s} {'layer':6s} {'kind':7s} {'Cout':>5s} {'act':10s} {'dtype':8s} {'warps':>5s} "
+          f"{'regs':>5s} {'spill B':>8s} {'smem KB':>8s}")
+    seen, bad = {}, 0
+    for size in args.sizes.split(","):
+        arch, n, m = size.split(":")
+        for dtype in (torch.bfloat16, torch.float32):
+            for name, transposed, cout, act, ks, stride, pad in model_layers(arch, int(n), int(m), dtype):
+                key = (transposed, cout, act, dtype, ks, stride, pad)
+                if key not in seen:
+                    seen[key] = resources(compile_layer(transposed, cout, act, dtype, ks, stride, pad, args.arch))
+                r = seen[key]
+                flag = r.stack_bytes > 0 or r.shared_bytes > limit
+                bad += flag
+                print(f"{size:30s} {name:6s} {'deconv' if transposed else f'conv{ks}s{stride}':7s} {cout:5d} "
+                      f"{act:10s} {str(dtype)[6:]:8s} {r.num_warps:5d} {r.registers:5d} {r.stack_bytes:8d} "
+                      f"{r.shared_bytes / 1024:8.1f}{'  <-- spills or too much shared memory' if flag else ''}")
+    print(f"{len(seen)} distinct kernels, {bad} layer(s) over the limits")
+    return 1 if args.check and bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
