@@ -12,7 +12,9 @@ the same-size images as one batch (time per image).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import os
 import statistics
 import sys
 import time
@@ -21,6 +23,7 @@ from pathlib import Path
 import torch
 
 from lickd import StudentCodec, zoo
+from lickd.entropy.coder import cuda_coder_built
 from lickd.eval.bench import stage_timer, synchronize
 from lickd.image import list_images
 from lickd.eval.runner import load_rgb
@@ -76,50 +79,68 @@ def main(argv=None):
     cai.to(device)
 
     images = list_images(args.kodak)[: args.limit]
-    rows = {k: [] for k in ("lickd_enc", "lickd_dec", "lickd_enc_coder", "lickd_dec_coder",
-                            "cai_enc", "cai_dec", "cai_enc_coder", "cai_dec_coder", "lickd_bytes", "cai_bytes")}
-    for path in images:
-        img = load_rgb(path)
+    loaded = [load_rgb(p) for p in images]
+    same = [im for im in loaded if im.shape == loaded[0].shape]  # batched: the landscape images together
+    variants = [("lickd", "0", False)]
+    if device.type == "cuda" and cuda_coder_built():
+        variants += [("lickd + CUDA coder", "1", False), ("lickd + CUDA coder + fused", "1", True)]
+    results = {label: lickd_rows(codec, loaded, same, device, cuda_coder, fused)
+               for label, cuda_coder, fused in variants}
+
+    rows = {k: [] for k in ("cai_enc", "cai_dec", "cai_enc_coder", "cai_dec_coder", "cai_bytes")}
+    for img in loaded:
         x = pad_to_multiple(to_tensor(img)[0].to(device), 64)
-        codec.decompress(codec.compress(img))  # warm-up
-        data, t, c = timed(lambda: codec.compress(img), codec.model, device)
-        rows["lickd_enc"].append(t), rows["lickd_enc_coder"].append(c), rows["lickd_bytes"].append(len(data))
-        _, t, c = timed(lambda: codec.decompress(data), codec.model, device)
-        rows["lickd_dec"].append(t), rows["lickd_dec_coder"].append(c)
         enc, t, c = timed(lambda: cai.compress(x), cai, device)
         rows["cai_enc"].append(t), rows["cai_enc_coder"].append(c)
         rows["cai_bytes"].append(sum(len(s[0]) for s in enc["strings"]))
         _, t, c = timed(lambda: cai.decompress(enc["strings"], enc["shape"]), cai, device)
         rows["cai_dec"].append(t), rows["cai_dec_coder"].append(c)
-
-    # Batched: the landscape images together (one network pass per direction).
-    same = [load_rgb(p) for p in images]
-    same = [im for im in same if im.shape == same[0].shape]
-    datas = codec.compress_batch(same)
-    _, t_enc, _ = timed(lambda: codec.compress_batch(same), codec.model, device)
-    _, t_dec, _ = timed(lambda: codec.decompress_batch(datas), codec.model, device)
     xb = torch.cat([pad_to_multiple(to_tensor(im)[0].to(device), 64) for im in same])
     encb, c_enc, _ = timed(lambda: cai.compress(xb), cai, device)
     _, c_dec, _ = timed(lambda: cai.decompress(encb["strings"], encb["shape"]), cai, device)
-    batched = {"batch": len(same), "lickd_enc": t_enc / len(same), "lickd_dec": t_dec / len(same),
-               "cai_enc": c_enc / len(same), "cai_dec": c_dec / len(same)}
+    cai_batched = {"enc": c_enc / len(same), "dec": c_dec / len(same)}
 
     med = {k: statistics.median(v) for k, v in rows.items()}
     print(f"mbt2018-mean N={ours.N} M={ours.M}, {weights_note}; {len(images)} Kodak image(s), batch 1, "
           f"{device.type} ({environment()['gpu'] if device.type == 'cuda' else environment()['cpu']}); medians")
-    print(f"{'':24s} {'encode ms':>10s} {'coder %':>8s} {'decode ms':>10s} {'coder %':>8s} {'bytes':>9s}")
-    for label, key in (("CompressAI 1.2.8", "cai"), ("lickd", "lickd")):
-        e, d = med[f"{key}_enc"], med[f"{key}_dec"]
-        print(f"{label:24s} {1e3 * e:10.1f} {100 * med[f'{key}_enc_coder'] / e:7.0f}% {1e3 * d:10.1f} "
-              f"{100 * med[f'{key}_dec_coder'] / d:7.0f}% {med[f'{key}_bytes']:9,.0f}")
-    print(f"{'speed-up':24s} {med['cai_enc'] / med['lickd_enc']:9.1f}x {'':8s} {med['cai_dec'] / med['lickd_dec']:9.1f}x")
-    print(f"batched ({batched['batch']} images), ms per image: CompressAI enc {1e3 * batched['cai_enc']:.1f} / dec "
-          f"{1e3 * batched['cai_dec']:.1f}; lickd compress_batch {1e3 * batched['lickd_enc']:.1f} / "
-          f"decompress_batch {1e3 * batched['lickd_dec']:.1f}")
+    print(f"{'':28s} {'encode ms':>10s} {'coder %':>8s} {'decode ms':>10s} {'coder %':>8s} {'bytes':>9s} "
+          f"{'speed-up enc/dec':>17s} {'batch ' + str(len(same)) + ' ms/img enc/dec':>24s}")
+    print(f"{'CompressAI 1.2.8':28s} {1e3 * med['cai_enc']:10.1f} {100 * med['cai_enc_coder'] / med['cai_enc']:7.0f}% "
+          f"{1e3 * med['cai_dec']:10.1f} {100 * med['cai_dec_coder'] / med['cai_dec']:7.0f}% {med['cai_bytes']:9,.0f} "
+          f"{'':>17s} {1e3 * cai_batched['enc']:11.2f} / {1e3 * cai_batched['dec']:<10.2f}")
+    for label, r in results.items():
+        e, d = r["median_s"]["enc"], r["median_s"]["dec"]
+        speed = f"{med['cai_enc'] / e:.1f}x / {med['cai_dec'] / d:.1f}x"
+        print(f"{label:28s} {1e3 * e:10.1f} {100 * r['median_s']['enc_coder'] / e:7.0f}% {1e3 * d:10.1f} "
+              f"{100 * r['median_s']['dec_coder'] / d:7.0f}% {r['median_s']['bytes']:9,.0f} {speed:>17s} "
+              f"{1e3 * r['batched_s']['enc']:11.2f} / {1e3 * r['batched_s']['dec']:<10.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device.type, "N": ours.N, "M": ours.M, "weights": weights_note,
-                                               "images": [Path(p).name for p in images], "median_s": med, "batched_s": batched,
-                                               "per_image_s": rows, "environment": environment()}, indent=2))
+                                               "images": [Path(p).name for p in images], "compressai": {
+                                                   "median_s": med, "batched_s": cai_batched, "per_image_s": rows},
+                                               "lickd": results, "batch": len(same), "environment": environment()},
+                                              indent=2))
+
+
+def lickd_rows(codec, images, same, device, cuda_coder: str, fused: bool) -> dict:
+    """Batch-1 medians and batched time per image of one lickd configuration (the CUDA coder is
+    switched by LICKD_CUDA_CODER, the fused kernels by lickd.accelerate on a copy of the model)."""
+    os.environ["LICKD_CUDA_CODER"] = cuda_coder
+    if fused:
+        from lickd import accelerate
+        codec = StudentCodec(accelerate(copy.deepcopy(codec.model), dtype=torch.bfloat16), codec.info, device=device)
+    rows = {k: [] for k in ("enc", "dec", "enc_coder", "dec_coder", "bytes")}
+    for img in images:
+        codec.decompress(codec.compress(img))  # warm-up
+        data, t, c = timed(lambda: codec.compress(img), codec.model, device)
+        rows["enc"].append(t), rows["enc_coder"].append(c), rows["bytes"].append(len(data))
+        _, t, c = timed(lambda: codec.decompress(data), codec.model, device)
+        rows["dec"].append(t), rows["dec_coder"].append(c)
+    datas = codec.compress_batch(same)
+    _, t_enc, _ = timed(lambda: codec.compress_batch(same), codec.model, device)
+    _, t_dec, _ = timed(lambda: codec.decompress_batch(datas), codec.model, device)
+    return {"median_s": {k: statistics.median(v) for k, v in rows.items()}, "per_image_s": rows,
+            "batched_s": {"enc": t_enc / len(same), "dec": t_dec / len(same)}}
 
 
 if __name__ == "__main__":
