@@ -69,7 +69,7 @@ def model_workload(weights, image):
         y = model.g_a(x)
         z_hat = model.entropy_bottleneck.quantize(model._hyper_analysis(y), "dequantize",
                                                   model.entropy_bottleneck.expanded_medians(1, 2))
-        scales, means = model._gaussian_params(z_hat)
+        scales, means = model._coding_params(z_hat)
         symbols = model.gaussian_conditional.quantize(y, "symbols", means)
     return symbols.reshape(-1), scales.reshape(-1), f"y of {codec.name} on {os.path.basename(image)}"
 

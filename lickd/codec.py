@@ -19,9 +19,15 @@ import torch
 
 from . import container, zoo
 from .entropy import CODER_ID
+from .entropy.exact import EXACT_VERSION
 from .errors import CorruptFileError, LickdError
 from .image import ImageLike, OutputKind, from_tensor, pad_to_multiple, to_tensor
 from .models import CompressionModel
+
+
+#: The .lkd ``coder`` field: the rANS stream format and the exact entropy-parameter arithmetic
+#: (lickd.entropy.exact), which together decide how the bytes map back to latents.
+FILE_CODER = f"{CODER_ID}+x{EXACT_VERSION}"
 
 
 def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
@@ -39,6 +45,7 @@ class StudentCodec:
     def __init__(self, model: CompressionModel, info: zoo.ModelInfo, device: Union[str, torch.device, None] = "auto"):
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
+        self.model.entropy_parameters = "exact"  # files decode on any device (lickd.entropy.exact)
         self.model.update(force=False)  # no-op when the tables shipped with the weights
         if not info.sha256:  # weights without a file: identify them by their state
             info = dataclasses.replace(info, sha256=zoo.state_sha256(self.model))
@@ -91,13 +98,13 @@ class StudentCodec:
         info = self.info
         return container.LkdFile(
             model=info.name, weights=info.short_hash, architecture=info.architecture, N=info.N, M=info.M,
-            height=int(size[0]), width=int(size[1]), coder=CODER_ID, quality=info.quality, lmbda=info.lmbda,
+            height=int(size[0]), width=int(size[1]), coder=FILE_CODER, quality=info.quality, lmbda=info.lmbda,
             metric=info.metric, sections=sections)
 
     def check_file(self, f: container.LkdFile) -> None:
         """Raises unless ``f`` was encoded by this model with this coder."""
-        if f.coder != CODER_ID:
-            raise CorruptFileError(f"coded with '{f.coder}', this lickd decodes '{CODER_ID}'")
+        if f.coder != FILE_CODER:
+            raise CorruptFileError(f"coded with '{f.coder}', this lickd decodes '{FILE_CODER}'")
         if f.weights != self.info.short_hash:
             raise LickdError(f"file was encoded with model '{f.model}@{f.weights}', "
                              f"this codec holds '{self.name}'")
@@ -157,4 +164,4 @@ def read_info(data: bytes) -> container.LkdFile:
     return container.parse(data)
 
 
-__all__ = ["StudentCodec", "read_info", "resolve_device"]
+__all__ = ["FILE_CODER", "StudentCodec", "read_info", "resolve_device"]

@@ -13,7 +13,7 @@ Layout (little-endian), format version 1::
 
 Fields: model name, weights sha256 prefix (8 bytes), architecture, N, M, quality, lambda, metric,
 original size, coder id, and per latent its name, shape (C, H, W) and byte length. A typical
-header is ~90 bytes (about 0.002 bpp on a Kodak image).
+header is ~100 bytes (about 0.002 bpp on a Kodak image).
 
 The reader checks everything before any network runs: magic, version, header CRC, field types
 and ranges, that the section lengths add up to the file size exactly, and every section CRC.

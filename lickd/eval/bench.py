@@ -62,8 +62,10 @@ def synchronize(device: torch.device) -> None:
 def stage_timer(model, sync):
     """Accumulates the wall time of each transform's forward into the yielded dict."""
     times, starts, handles = defaultdict(float), {}, []
-    for name in STAGES:
-        module = getattr(model, name, None)
+    stages = [(name, getattr(model, name, None)) for name in STAGES]
+    if getattr(model, "entropy_parameters", "float") == "exact":  # coding runs h_s exactly
+        stages.append(("h_s", model.exact_h_s))
+    for name, module in stages:
         if module is None:
             continue
 

@@ -32,6 +32,9 @@ class CompressionModel(nn.Module):
     architecture: str = ""
     #: names of the coded latents, in the order of ``compress()["strings"]``
     latent_names: tuple[str, ...] = ()
+    #: how compress/decompress derive entropy parameters from z_hat: "float" (CompressAI's,
+    #: bit-exact with it) or "exact" (lickd.entropy.exact: the same on every device; .lkd files)
+    entropy_parameters: str = "float"
     N: int
     M: int
 

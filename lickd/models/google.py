@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..entropy import EntropyBottleneck, GaussianConditional
+from ..entropy.exact import ExactSequential
 from ..layers import GDN, conv, deconv
 from .base import CompressionModel, register_architecture
 
@@ -95,9 +96,28 @@ class ScaleHyperprior(CompressionModel):
     def _hyper_analysis(self, y):
         return self.h_a(torch.abs(y))
 
+    def _split_params(self, params):
+        """(scales, means) of the Gaussian on y from h_s's output; means is None for the zero-mean model."""
+        return params, None
+
     def _gaussian_params(self, z_hat):
-        """(scales, means) of the Gaussian on y; means is None for the zero-mean model."""
-        return self.h_s(z_hat), None
+        return self._split_params(self.h_s(z_hat))
+
+    def _coding_params(self, z_hat):
+        """(scales, means) for coding: with ``entropy_parameters == "exact"`` (what lickd's files
+        use) h_s runs in exact fixed point, so every device derives the same CDF indexes;
+        otherwise CompressAI's float path."""
+        if self.entropy_parameters == "exact":
+            return self._split_params(self.exact_h_s(z_hat).to(z_hat.dtype))
+        return self._gaussian_params(z_hat)
+
+    @property
+    def exact_h_s(self) -> ExactSequential:
+        """h_s evaluated exactly (not a registered submodule: the state_dict is unchanged)."""
+        m = self.__dict__.get("_exact_h_s")
+        if m is None or m.seq is not self.h_s:
+            m = self.__dict__["_exact_h_s"] = ExactSequential(self.h_s)
+        return m
 
     def forward(self, x):
         y = self.g_a(x)
@@ -115,7 +135,7 @@ class ScaleHyperprior(CompressionModel):
         # The decoder's z_hat, computed without decoding: round(z - median) + median.
         z_hat = self.entropy_bottleneck.quantize(
             z, "dequantize", self.entropy_bottleneck.expanded_medians(z.size(0), 2))
-        scales_hat, means_hat = self._gaussian_params(z_hat)
+        scales_hat, means_hat = self._coding_params(z_hat)
         indexes = self.gaussian_conditional.build_indexes(scales_hat)
         y_strings = self.gaussian_conditional.compress(y, indexes, means=means_hat, **coder_options)
         return {"strings": [y_strings, z_strings], "shape": z.size()[-2:]}
@@ -124,7 +144,7 @@ class ScaleHyperprior(CompressionModel):
         if not isinstance(strings, (list, tuple)) or len(strings) != 2:
             raise ValueError(f"{type(self).__name__} expects [y_strings, z_strings]")
         z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
-        scales_hat, means_hat = self._gaussian_params(z_hat)
+        scales_hat, means_hat = self._coding_params(z_hat)
         indexes = self.gaussian_conditional.build_indexes(scales_hat)
         y_hat = self.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype, means=means_hat)
         return {"y": y_hat, "z": z_hat}
@@ -148,6 +168,6 @@ class MeanScaleHyperprior(ScaleHyperprior):
     def _hyper_analysis(self, y):
         return self.h_a(y)
 
-    def _gaussian_params(self, z_hat):
-        scales_hat, means_hat = self.h_s(z_hat).chunk(2, 1)
+    def _split_params(self, params):
+        scales_hat, means_hat = params.chunk(2, 1)
         return scales_hat, means_hat
