@@ -24,11 +24,12 @@ from pathlib import Path
 
 import torch
 
+from lickd import zoo
 from lickd.eval.bench import BusySampler, synchronize
+from lickd.models import build_model
 from lickd.provenance import environment
 from lickd.train.config import load_config
 from lickd.train.engine import Trainer
-from lickd import zoo
 
 VARIANTS = {"fp32": ["amp=false", "fused=false"], "bf16": ["amp=true", "fused=false"],
             "bf16-fused": ["amp=true", "fused=true"]}
@@ -98,7 +99,6 @@ def main(argv=None):
         # A same-size random teacher for the distillation row: its cost is that of a trained one.
         teacher_file = Path(tmp) / "teacher.safetensors"
         torch.manual_seed(0)
-        from lickd.models import build_model
         teacher = build_model("mbt2018-mean", *teacher_nm)
         teacher.update(force=True)
         zoo.save_weights(teacher, teacher_file, zoo.ModelInfo(name="bench-teacher", architecture="mbt2018-mean",

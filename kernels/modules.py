@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .ops import FusedConvActFunction, _c_pad, pack_conv_weight, pack_deconv_weight, pack_gdn
+from .ops import FusedConvActFunction, pack_conv_weight, pack_deconv_weight, pack_gdn, packed_width
 
 
 def _is_gdn(m: nn.Module) -> bool:
@@ -83,7 +83,7 @@ class FusedSequential(nn.Sequential):
                 continue
             nxt = layers[i + 1] if i + 1 < len(layers) else None
             act = _activation(nxt) or "none"
-            width = _c_pad(layers[i].out_channels)
+            width = packed_width(layers[i].out_channels)
             if width > max_fused_width(act, self.dtype):
                 steps.append(("layer", i))
                 i += 1

@@ -41,7 +41,7 @@ def channel_blocks(c: int) -> tuple[int, int]:
     return (lo, hi) if hi and lo + hi < whole else (whole, 0)
 
 
-def _c_pad(c: int) -> int:
+def packed_width(c: int) -> int:
     """Packed row width: C_LO + C_HI."""
     return sum(channel_blocks(c))
 
@@ -67,7 +67,7 @@ def pack_conv_weight(weight: Tensor, dtype: torch.dtype) -> Tensor:
     """[Cout, Cin, KS, KS] -> [K_PAD, C_PAD], rows (kh, kw, ci)."""
     cout, cin, ks, _ = weight.shape
     rows = weight.detach().permute(2, 3, 1, 0).reshape(ks * ks * cin, cout)
-    out = torch.zeros(_k_pad(rows.shape[0]), _c_pad(cout), dtype=dtype, device=weight.device)
+    out = torch.zeros(_k_pad(rows.shape[0]), packed_width(cout), dtype=dtype, device=weight.device)
     out[: rows.shape[0], :cout] = rows
     return out
 
@@ -76,7 +76,7 @@ def pack_deconv_weight(weight: Tensor, dtype: torch.dtype) -> Tensor:
     """[Cin, Cout, 5, 5] (ConvTranspose2d) -> [4, K_PAD, C_PAD]; phase (py, px), rows (th, tw, ci)
     holding W[ci, co, py + 2 th, px + 2 tw] for th < 3 - py, tw < 3 - px, zero otherwise."""
     cin, cout = weight.shape[:2]
-    out = torch.zeros(4, _k_pad(9 * cin), _c_pad(cout), dtype=dtype, device=weight.device)
+    out = torch.zeros(4, _k_pad(9 * cin), packed_width(cout), dtype=dtype, device=weight.device)
     w = weight.detach()
     for py in range(2):
         for px in range(2):
@@ -90,7 +90,7 @@ def pack_deconv_weight(weight: Tensor, dtype: torch.dtype) -> Tensor:
 def pack_gdn(beta: Tensor, gamma: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """Effective (beta, gamma) -> (beta padded with ones as fp32, gamma^T padded with zeros)."""
     c = beta.numel()
-    cp = _c_pad(c)
+    cp = packed_width(c)
     beta_p = torch.ones(cp, dtype=torch.float32, device=beta.device)
     beta_p[:c] = beta.detach().float()
     # The squared activations are the dot's other operand: fp16 would overflow above |x| = 255.9.
@@ -110,7 +110,7 @@ def conv_act_nhwc(x: Tensor, w_packed: Tensor, bias: Tensor, cout: int, ks: int,
     ho, wo = (h + 2 * pad - ks) // stride + 1, (w + 2 * pad - ks) // stride + 1
     y = torch.empty(bsz, ho, wo, cout, dtype=out_dtype or x.dtype, device=x.device)
     m = bsz * ho * wo
-    assert w_packed.shape[1] == _c_pad(cout)
+    assert w_packed.shape[1] == packed_width(cout)
     beta_p, gamma_t = gdn if gdn is not None else (_dummy(x.device), _dummy(x.device, w_packed.dtype))
     conv_act_kernel[(triton.cdiv(m, BLOCK_M),)](
         x, w_packed, bias.detach().float().contiguous(), gamma_t, beta_p, y, h, w, ho, wo, m, cin, cout,
@@ -125,7 +125,7 @@ def deconv_act_nhwc(x: Tensor, w_packed: Tensor, bias: Tensor, cout: int, act: s
     bsz, h, w, cin = x.shape
     y = torch.empty(bsz, 2 * h, 2 * w, cout, dtype=out_dtype or x.dtype, device=x.device)
     m = bsz * h * w
-    assert w_packed.shape[2] == _c_pad(cout)
+    assert w_packed.shape[2] == packed_width(cout)
     beta_p, gamma_t = gdn if gdn is not None else (_dummy(x.device), _dummy(x.device, w_packed.dtype))
     deconv_act_kernel[(triton.cdiv(m, BLOCK_M), 4)](
         x, w_packed, bias.detach().float().contiguous(), gamma_t, beta_p, y, h, w, m, cin, cout,

@@ -23,7 +23,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from .conv_act import conv_act_kernel, deconv_act_kernel
-from .ops import _c_pad, launch_constexprs, num_warps
+from .ops import launch_constexprs, num_warps, packed_width
 
 #: Model sizes whose layers CI checks: the teachers (CompressAI's two sizes) and students.
 ZOO_SIZES = (("mbt2018-mean", 128, 192), ("mbt2018-mean", 192, 320), ("bmshj2018-hyperprior", 128, 192),
@@ -58,7 +58,7 @@ def compile_layer(transposed: bool, cout: int, act: str, dtype: torch.dtype, ks:
     signature.update({k: "constexpr" for k in constexprs})
     kernel = deconv_act_kernel if transposed else conv_act_kernel
     src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps(_c_pad(cout))})
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps(packed_width(cout))})
 
 
 def resources(compiled) -> Resources:
