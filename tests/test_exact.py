@@ -102,3 +102,25 @@ def test_unsupported_layers_and_oversized_weights_are_refused():
         huge.weight.fill_(1e9)
     with pytest.raises(ValueError, match="too large"):
         exact_sequential(nn.Sequential(huge), torch.zeros(1, 4, 4, 4))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_files_encoded_on_the_gpu_decode_to_the_same_latents_on_the_cpu_and_back():
+    import numpy as np
+    from lickd import StudentCodec, zoo
+
+    torch.manual_seed(0)
+    model = _trained_like(build_model("mbt2018-mean", 32, 48))
+    info = zoo.ModelInfo(name="t", architecture="mbt2018-mean", N=32, M=48)
+    twin = build_model("mbt2018-mean", 32, 48)
+    twin.load_state_dict(model.state_dict())
+    cpu = StudentCodec(twin, info, device="cpu")
+    gpu = StudentCodec(model, info, device="cuda")
+    assert cpu.info.sha256 == gpu.info.sha256
+    rng = np.random.default_rng()
+    for _ in range(3):
+        img = rng.integers(0, 256, (128, 192, 3), dtype=np.uint8)
+        for enc, dec in ((gpu, cpu), (cpu, gpu)):
+            data = enc.compress(img)
+            a, b = enc.decode_latents(data)[1], dec.decode_latents(data)[1]
+            assert torch.equal(a["y"].cpu(), b["y"].cpu()) and torch.equal(a["z"].cpu(), b["z"].cpu())
