@@ -16,7 +16,9 @@
 //      ptr - popc(ballot) in a per-chunk scratch (so the stream holds them in ascending lane order
 //      per step, as the CPU writes them), escape values into the packed section, final states;
 //   4. gather_chunks_kernel: chunk heads and words, compacted into the payload bytes.
-// Tables are read through the L1/L2 caches (a shared-memory copy is a later optimisation).
+// The decoder reads the tables from shared memory when they fit (P <= 15, <= 112 KB: the
+// Gaussian set is 88 KB), else through the L1/L2 caches; the encoder's lookups do not depend on
+// the coder state, so it reads them through the caches.
 //
 // tests/cuda_emu emulates the CUDA features used here on the CPU, so CI runs these kernels too.
 #include <cuda_runtime.h>
@@ -31,6 +33,7 @@
 
 #ifndef LICKD_LAUNCH  // the CPU emulator (tests/cuda_emu) defines its own
 #define LICKD_LAUNCH(kernel, grid, block, shared, stream) kernel<<<grid, block, shared, stream>>>
+#define LICKD_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
 #endif
 
 namespace lickd {
@@ -87,6 +90,7 @@ void check(cudaError_t e, const char* what) {
 }
 
 constexpr unsigned kFullMask = 0xFFFFFFFFu;
+constexpr size_t kMaxSharedTableBytes = 112 * 1024;  // two decoding blocks per H100 SM
 constexpr int kThreadsPerBlock = 128;  // 4 warps, one chunk each
 
 // A device allocation on a stream, freed on scope exit (also when an error unwinds).
@@ -135,14 +139,60 @@ __device__ __forceinline__ uint64_t warp_max_u64(uint64_t v) {
   return v;
 }
 
+// The decoder's view of the tables: in global memory (any table set), or copied into shared
+// memory (P <= 15, so cdf values fit 16 bits; a coarser lookup table), where each of a step's
+// dependent lookups costs tens of cycles instead of hundreds: what bounds one chunk's speed.
+template <class CdfT>
+struct TableView {
+  const CdfT* cdf;
+  const uint16_t* lut;
+  const int4* rows;  // cdf start, lut start, n_symbols, offset
+  int n_tables, lut_shift;
+
+  __device__ __forceinline__ uint32_t at(const int4& r, int32_t s) const { return cdf[r.x + s]; }
+  __device__ __forceinline__ int32_t find(const int4& r, uint32_t cf) const {  // cdf[s] <= cf < cdf[s + 1]
+    int32_t s = lut[r.y + (cf >> lut_shift)];
+    while (at(r, s + 1) <= cf) ++s;
+    return s;
+  }
+};
+
+// Global-memory tables and, when it fits, the shared-memory image of the same tables
+// (DeviceTables::shared_image: rows, then u16 cdf, then u16 lut, 16-byte aligned sections).
+struct DecodeTables {
+  TableView<uint32_t> global;
+  const uint4* image;
+  int image_words;  // 16-byte words
+  int cdf_offset, lut_offset;  // in bytes from the image start
+  int shared_lut_shift;
+};
+
+template <class Tables>
+__device__ void decode_chunk(const uint8_t* __restrict__ bytes, const ChunkDesc& c, const Tables& tables, int lane,
+                             int32_t* __restrict__ status_slot);
+
+template <bool kShared>
 __global__ void decode_kernel(const uint8_t* __restrict__ bytes, const ChunkDesc* __restrict__ chunks, int n_chunks,
-                              const uint32_t* __restrict__ cdf, const uint16_t* __restrict__ lut,
-                              const int4* __restrict__ rows, int n_tables, int lut_shift,
-                              int32_t* __restrict__ status) {
+                              DecodeTables tables, int32_t* __restrict__ status) {
   const int warp = int((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
   const int lane = int(threadIdx.x & 31);
-  if (warp >= n_chunks) return;  // the whole warp leaves together
-  const ChunkDesc c = chunks[warp];
+  if constexpr (kShared) {
+    LICKD_DYNAMIC_SHARED(uint4, image);
+    for (int i = int(threadIdx.x); i < tables.image_words; i += int(blockDim.x)) image[i] = tables.image[i];
+    __syncthreads();
+    const uint8_t* base = reinterpret_cast<const uint8_t*>(image);
+    const TableView<uint16_t> view{reinterpret_cast<const uint16_t*>(base + tables.cdf_offset),
+                                   reinterpret_cast<const uint16_t*>(base + tables.lut_offset),
+                                   reinterpret_cast<const int4*>(base), tables.global.n_tables, tables.shared_lut_shift};
+    if (warp < n_chunks) decode_chunk(bytes, chunks[warp], view, lane, status + warp);
+  } else {
+    if (warp < n_chunks) decode_chunk(bytes, chunks[warp], tables.global, lane, status + warp);
+  }
+}
+
+template <class Tables>
+__device__ void decode_chunk(const uint8_t* __restrict__ bytes, const ChunkDesc& c, const Tables& tables, int lane,
+                             int32_t* __restrict__ status_slot) {
   const int K = c.lanes, P = c.precision;
   const uint32_t mask = (1u << P) - 1;
   const uint8_t* p = bytes + c.byte_begin;
@@ -201,24 +251,27 @@ __global__ void decode_kernel(const uint8_t* __restrict__ bytes, const ChunkDesc
   int32_t* out = reinterpret_cast<int32_t*>(c.out_ptr);
   uint64_t esc_used = 0;
   const int64_t steps = (int64_t(c.count) + K - 1) / K;
+  // The next step's table index is loaded one step ahead: it does not depend on the state, so its
+  // global-memory latency leaves the step's dependency chain.
+  int t_next = lane < K && lane < c.count ? idx[lane] : 0;
   for (int64_t step = 0; step < steps && !err; ++step) {
     const int64_t j = step * K + lane;
     const bool active = lane < K && j < c.count;
+    const int t = t_next;
+    if (lane < K && j + K < c.count) t_next = idx[j + K];
     int lane_err = kOk;
     int32_t s = 0;
     int4 row = make_int4(0, 0, 0, 0);
     bool refill = false;
     if (active) {
-      const int t = idx[j];
-      if (t < 0 || t >= n_tables) {
+      if (t < 0 || t >= tables.n_tables) {
         lane_err = kBadIndex;
       } else {
-        row = rows[t];
+        row = tables.rows[t];
         const uint32_t cf = x & mask;
-        s = lut[row.y + (cf >> lut_shift)];
-        while (cdf[row.x + s + 1] <= cf) ++s;
-        const uint32_t start = cdf[row.x + s];
-        x = (cdf[row.x + s + 1] - start) * (x >> P) + cf - start;
+        s = tables.find(row, cf);
+        const uint32_t start = tables.at(row, s);
+        x = (tables.at(row, s + 1) - start) * (x >> P) + cf - start;
         refill = x < kRansL;
       }
     }
@@ -263,7 +316,7 @@ __global__ void decode_kernel(const uint8_t* __restrict__ bytes, const ChunkDesc
   if (!err && wp != end) err = kTrailingWords;
   if (!err && esc_used != n_esc) err = kUnusedEscapes;
   if (!err && warp_max(lane < K && x != kRansL + lane_check(hash) ? 1 : 0)) err = kChecksum;
-  if (lane == 0) status[warp] = err;
+  if (lane == 0) *status_slot = err;
 }
 
 // ------------------------------------------------------------------ encoder kernels
@@ -455,12 +508,49 @@ DeviceTables::DeviceTables(const TableSet& tables) : host(tables) {
   cdf = device_copy(c.data(), c.size(), "table upload");
   lut = device_copy(l.data(), l.size(), "table upload");
   rows = device_copy(r.data(), r.size(), "table upload");
+
+  // The decoder's shared-memory image: rows (int4), cdf as u16 (P <= 15: values <= 2^15), and a
+  // lookup table of at most 2^8 buckets per row and 32 KB in all; built only when it fits.
+  const int P = tables.precision();
+  const int64_t T = tables.n_tables();
+  int k = std::min(8, P);
+  while (k > 4 && T * (int64_t(1) << k) * 2 > 32 * 1024) --k;
+  auto align16 = [](size_t n) { return (n + 15) / 16 * 16; };
+  const size_t rows_bytes = align16(size_t(T) * 16), cdf_bytes = align16(c.size() * 2);
+  const size_t lut_bytes = align16(size_t(T) * (size_t(1) << k) * 2);
+  const size_t total = rows_bytes + cdf_bytes + lut_bytes;
+  int optin = 0;
+  check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "cudaDeviceGetAttribute");
+  if (P <= 15 && total <= std::min<size_t>(size_t(optin), kMaxSharedTableBytes)) {
+    std::vector<uint8_t> image(total, 0);
+    std::memcpy(image.data(), r.data(), size_t(T) * 16);
+    uint16_t* cdf16 = reinterpret_cast<uint16_t*>(image.data() + rows_bytes);
+    for (size_t i = 0; i < c.size(); ++i) cdf16[i] = uint16_t(c[i]);
+    uint16_t* lut16 = reinterpret_cast<uint16_t*>(image.data() + rows_bytes + cdf_bytes);
+    int32_t* image_rows = reinterpret_cast<int32_t*>(image.data());
+    for (int64_t t = 0; t < T; ++t) {
+      const TableRow& row = tables.row(t);
+      image_rows[4 * t + 1] = int32_t(t << k);
+      int32_t s = 0;  // bucket b starts at cf = b << (P - k): its symbol s has cdf[s] <= cf < cdf[s + 1]
+      for (int64_t b = 0; b < (int64_t(1) << k); ++b) {
+        const uint32_t cf = uint32_t(b) << (P - k);
+        while (row.cdf[s + 1] <= cf) ++s;
+        lut16[(t << k) + b] = uint16_t(s);
+      }
+    }
+    shared_image = device_copy(image.data(), image.size(), "table upload");
+    shared_bytes = int(total);
+    shared_cdf_offset = int(rows_bytes);
+    shared_lut_offset = int(rows_bytes + cdf_bytes);
+    shared_lut_shift = P - k;
+  }
 }
 
 DeviceTables::~DeviceTables() {
   cudaFree(const_cast<uint32_t*>(cdf));
   cudaFree(const_cast<uint16_t*>(lut));
   cudaFree(const_cast<int32_t*>(rows));
+  cudaFree(const_cast<uint8_t*>(shared_image));
 }
 
 void rans_decode_cuda(const DeviceTables& tables, const std::vector<std::string>& streams,
@@ -509,9 +599,20 @@ void rans_decode_cuda(const DeviceTables& tables, const std::vector<std::string>
   std::vector<int32_t> status(chunks.size(), 0);
   d_bytes.upload(all);
   d_chunks.upload(chunks);
-  LICKD_LAUNCH(decode_kernel, blocks_for_warps(chunks.size()), kThreadsPerBlock, 0, stream)(
-      d_bytes.get(), d_chunks.get(), int(chunks.size()), tables.cdf, tables.lut,
-      reinterpret_cast<const int4*>(tables.rows), int(t.n_tables()), t.lut_shift(), d_status.get());
+  const DecodeTables views{{tables.cdf, tables.lut, reinterpret_cast<const int4*>(tables.rows), int(t.n_tables()),
+                            t.lut_shift()},
+                           reinterpret_cast<const uint4*>(tables.shared_image), tables.shared_bytes / 16,
+                           tables.shared_cdf_offset, tables.shared_lut_offset, tables.shared_lut_shift};
+  if (tables.shared_image) {  // 8 warps per block share one copy of the tables
+    const int threads = 256, blocks = int((chunks.size() + 7) / 8);
+    check(cudaFuncSetAttribute(decode_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, tables.shared_bytes),
+          "cudaFuncSetAttribute");
+    LICKD_LAUNCH(decode_kernel<true>, blocks, threads, size_t(tables.shared_bytes), stream)(
+        d_bytes.get(), d_chunks.get(), int(chunks.size()), views, d_status.get());
+  } else {
+    LICKD_LAUNCH(decode_kernel<false>, blocks_for_warps(chunks.size()), kThreadsPerBlock, 0, stream)(
+        d_bytes.get(), d_chunks.get(), int(chunks.size()), views, d_status.get());
+  }
   check(cudaGetLastError(), "decode kernel launch");
   d_status.download(status);
   check(cudaStreamSynchronize(stream), "decode");

@@ -25,6 +25,9 @@ class DeviceTables {
   const uint16_t* lut = nullptr;
   const int32_t* rows = nullptr;  // 4 ints per row: cdf start, lut start, n_symbols, offset
   int device = -1;
+  // The decoder's shared-memory copy (rows, u16 cdf, coarse u16 lut), or null when it does not fit.
+  const uint8_t* shared_image = nullptr;
+  int shared_bytes = 0, shared_cdf_offset = 0, shared_lut_offset = 0, shared_lut_shift = 0;
 };
 
 // Decodes streams[i] (host bytes) into out_ptrs[i] (device int32, counts[i] symbols) with CDF

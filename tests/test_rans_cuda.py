@@ -43,6 +43,7 @@ def emulator(tmp_path_factory):
     lib.lickd_emu_tables.restype = P
     lib.lickd_emu_tables.argtypes = [P, I64, I64, P, P, I32, ctypes.c_char_p, I32]
     lib.lickd_emu_free_tables.argtypes = [P]
+    lib.lickd_emu_shared_table_bytes.argtypes = [P]
     lib.lickd_emu_decode.argtypes = [P, I32, P, P, P, P, P, ctypes.c_char_p, I32]
     lib.lickd_emu_encode.argtypes = [P, I32, P, P, P, I32, I64, ctypes.c_double, ctypes.POINTER(P), ctypes.c_char_p, I32]
     lib.lickd_emu_result_size.restype = I64
@@ -140,6 +141,13 @@ def coder_for(request):
 
 # (lanes, chunks, n): auto layout, one lane, odd chunk counts, tiny chunks, a single symbol, empty.
 LAYOUTS = ((0, 0, 20_000), (32, 0, 9000), (1, 1, 777), (8, 5, 3000), (16, 1000, 5000), (4, 3, 1), (0, 0, 0), (2, 7, 1001))
+
+
+def test_decoder_tables_in_shared_memory_up_to_p15_and_from_global_memory_at_p16(emulator):
+    for precision, shared in ((12, True), (15, True), (16, False)):
+        coder = EmulatedCudaCoder(emulator, gaussian_model(precision))
+        size = emulator.lickd_emu_shared_table_bytes(coder.handle)
+        assert (0 < size <= 112 * 1024) if shared else size == 0
 
 
 @pytest.mark.parametrize("precision", [12, 15, 16])

@@ -11,7 +11,8 @@
 //   * lanes of a warp at different kinds of collective; partial masks are not emulated;
 //   * a deadlock (no thread can run, some have not finished).
 // Device memory is host memory; blocks run one after another, so `__shared__` (a function-static
-// array here) is the running block's shared memory and atomics are plain read-modify-writes. What it
+// array here) and the dynamic shared memory are the running block's, and atomics are plain
+// read-modify-writes. What it
 // cannot show: memory-ordering races and timing. Those need a GPU (tests/test_rans_cuda.py).
 #pragma once
 
@@ -48,6 +49,9 @@ struct int4 {
 inline int4 make_int4(int x, int y, int z, int w) { return int4{x, y, z, w}; }
 struct uint2 {
   unsigned x, y;
+};
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
 };
 
 inline int max(int a, int b) { return a > b ? a : b; }
@@ -94,6 +98,16 @@ inline cudaError_t cudaMemsetAsync(void* d, int v, size_t n, cudaStream_t) {
   return cudaSuccess;
 }
 inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr, int) {
+  *v = 227 * 1024;  // an H100's
+  return cudaSuccess;
+}
+template <class F>
+cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int) {
+  return cudaSuccess;
+}
 
 // ------------------------------------------------------------------ the scheduler
 namespace emu {
@@ -110,8 +124,13 @@ struct Thread {
   int arg = 0;
 };
 
+struct alignas(16) Shared16 {
+  unsigned char bytes[16];
+};
+
 struct State {
   ucontext_t scheduler;
+  std::vector<Shared16> dynamic_shared;  // the running block's dynamic shared memory
   Thread* current = nullptr;
   std::vector<Thread> threads;
   std::function<void()> body;
@@ -264,9 +283,11 @@ template <class... Params>
 struct Launch {
   void (*kernel)(Params...);
   dim3 grid, block;
+  size_t shared;
   template <class... Args>
   void operator()(Args... args) const {
     auto k = kernel;
+    state().dynamic_shared.assign((shared + 15) / 16, Shared16{});
     run_grid(grid, block, [=]() { k(args...); });
   }
 };
@@ -280,10 +301,12 @@ struct Launch {
 
 // kernel<<<grid, block, shared, stream>>>(args) is written LICKD_LAUNCH(kernel, grid, block, shared, stream)(args).
 template <class... Params>
-emu::Launch<Params...> lickd_emu_launch(void (*k)(Params...), dim3 g, dim3 b) {
-  return emu::Launch<Params...>{k, g, b};
+emu::Launch<Params...> lickd_emu_launch(void (*k)(Params...), dim3 g, dim3 b, size_t shared) {
+  return emu::Launch<Params...>{k, g, b, shared};
 }
-#define LICKD_LAUNCH(kernel, grid, block, shared, stream) lickd_emu_launch(kernel, dim3(grid), dim3(block))
+#define LICKD_LAUNCH(kernel, grid, block, shared, stream) lickd_emu_launch(kernel, dim3(grid), dim3(block), shared)
+// extern __shared__ T name[] (dynamic shared memory, sized by the launch)
+#define LICKD_DYNAMIC_SHARED(type, name) type* name = reinterpret_cast<type*>(::emu::state().dynamic_shared.data())
 
 // ------------------------------------------------------------------ device intrinsics
 inline unsigned __ballot_sync(unsigned mask, int pred) { return unsigned(emu::collective(emu::kBallot, pred != 0, 0, mask)); }

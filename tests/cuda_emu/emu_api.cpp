@@ -50,6 +50,9 @@ void* lickd_emu_tables(const int32_t* cdf, int64_t n_tables, int64_t stride, con
 
 void lickd_emu_free_tables(void* t) { delete static_cast<Tables*>(t); }
 
+// Size of the decoder's shared-memory table image (0: it decodes from global memory).
+int lickd_emu_shared_table_bytes(void* t) { return static_cast<Tables*>(t)->device.shared_bytes; }
+
 int lickd_emu_decode(void* t, int n, const char* const* data, const int64_t* sizes, const int32_t* const* indexes,
                      int32_t* const* out, const int64_t* counts, char* err, int err_len) {
   try {
