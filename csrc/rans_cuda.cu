@@ -2,7 +2,8 @@
 // lanes on warp lanes 0..K-1, writing and reading exactly the bytes of the CPU coder (rans_cpu.cpp).
 //
 // Decode: refill words are consumed in ascending lane order within a step (a ballot of the lanes
-// that need a word; each takes word number popc(ballot & lanes_below)); escape values are taken in
+// that need a word; each takes word number popc(ballot & lanes_below), from 128-byte windows of
+// the stream held in the warp's registers and loaded ahead); escape values are taken in
 // symbol order the same way; each lane's final state must equal L + lane_check(hash of its
 // symbols), every word of the chunk must be consumed and every escape value used; anything else is
 // an error code per chunk.
@@ -247,6 +248,16 @@ __device__ void decode_chunk(const uint8_t* __restrict__ bytes, const ChunkDesc&
     if (!err && ((end - p) & 1)) err = kOddWords;
   }
   const uint8_t* wp = p;
+  // The words are staged through registers, so no step waits on global memory for its refill:
+  // windows [base, base + 128) (cur) and the next 128 bytes (nxt) are held one u32 per lane, and
+  // the window after them (far) is in flight. base is 4-byte aligned (the stream buffer is padded
+  // by 4 bytes); a step consumes at most 64 bytes, so a word never lies beyond nxt.
+  const uint8_t* base = wp - (reinterpret_cast<uintptr_t>(wp) & 3);
+  auto window = [&](const uint8_t* w) -> uint32_t {
+    const uint8_t* q = w + 4 * lane;
+    return q < end ? *reinterpret_cast<const uint32_t*>(q) : 0u;
+  };
+  uint32_t cur = window(base), nxt = window(base + 128), far = window(base + 256);
   const int32_t* idx = reinterpret_cast<const int32_t*>(c.idx_ptr);
   int32_t* out = reinterpret_cast<int32_t*>(c.out_ptr);
   uint64_t esc_used = 0;
@@ -283,11 +294,21 @@ __device__ void decode_chunk(const uint8_t* __restrict__ bytes, const ChunkDesc&
       err = kTruncatedWords;
       break;
     }
-    if (refill) {
-      const uint8_t* w = wp + 2 * __popc(rmask & below);
-      x = (x << 16) | uint32_t(w[0]) | (uint32_t(w[1]) << 8);
+    {  // this lane's word: bytes b0, b0 + 1 from base, fetched from the lanes that hold them
+      const int b0 = refill ? int(wp - base) + 2 * __popc(rmask & below) : 0, b1 = b0 + 1;
+      const uint32_t c0 = __shfl_sync(kFullMask, cur, (b0 >> 2) & 31), n0 = __shfl_sync(kFullMask, nxt, (b0 >> 2) & 31);
+      const uint32_t c1 = __shfl_sync(kFullMask, cur, (b1 >> 2) & 31), n1 = __shfl_sync(kFullMask, nxt, (b1 >> 2) & 31);
+      const uint32_t lo = ((b0 < 128 ? c0 : n0) >> (8 * (b0 & 3))) & 0xFFu;
+      const uint32_t hi = ((b1 < 128 ? c1 : n1) >> (8 * (b1 & 3))) & 0xFFu;
+      if (refill) x = (x << 16) | lo | (hi << 8);
     }
     wp += 2 * n_refill;
+    if (wp - base >= 128) {
+      base += 128;
+      cur = nxt;
+      nxt = far;
+      far = window(base + 256);
+    }
     const bool is_escape = active && s == row.z - 1;
     const unsigned emask = __ballot_sync(kFullMask, is_escape);
     int64_t value = s;
@@ -593,6 +614,7 @@ void rans_decode_cuda(const DeviceTables& tables, const std::vector<std::string>
   check(cudaGetDevice(&device), "cudaGetDevice");
   if (device != tables.device) throw std::invalid_argument("tables live on another CUDA device");
   cudaStream_t stream = reinterpret_cast<cudaStream_t>(cuda_stream);
+  all.resize(all.size() + 4, 0);  // the decoder's aligned 4-byte window loads may read 3 bytes past a chunk
   DeviceBuffer<uint8_t> d_bytes(all.size(), stream);
   DeviceBuffer<ChunkDesc> d_chunks(chunks.size(), stream);
   DeviceBuffer<int32_t> d_status(chunks.size(), stream);
