@@ -450,15 +450,27 @@ __global__ void encode_chunks_kernel(const EncodeChunk* __restrict__ chunks, con
   int64_t wpos = c.count;  // words are written backwards from the end of the scratch
   uint64_t esc_left = st.n_escapes;
   const uint32_t max_shift = 32 - P;
-  for (int64_t step = (int64_t(c.count) + K - 1) / K - 1; step >= 0; --step) {
+  const int64_t last_step = (int64_t(c.count) + K - 1) / K - 1;
+  // The next (earlier) step's symbol and index are loaded one step ahead, off the state's chain.
+  int32_t t_next = 0, v_next = 0;
+  if (lane < K && last_step * K + lane < c.count) {
+    t_next = idx[last_step * K + lane];
+    v_next = sym[last_step * K + lane];
+  }
+  for (int64_t step = last_step; step >= 0; --step) {
     const int64_t j = step * K + lane;
     const bool active = lane < K && j < c.count;
+    const int32_t t = t_next, v = v_next;
+    if (lane < K && step > 0) {
+      t_next = idx[j - K];
+      v_next = sym[j - K];
+    }
     uint32_t start = 0, freq = 1;
     bool is_escape = false;
     uint64_t raw = 0;
     if (active) {
-      const int4 r = rows[idx[j]];
-      const int32_t s = split_symbol(sym[j], r.w, r.z, &raw);
+      const int4 r = rows[t];
+      const int32_t s = split_symbol(v, r.w, r.z, &raw);
       is_escape = s == r.z - 1;
       start = cdf[r.x + s];
       freq = cdf[r.x + s + 1] - start;
