@@ -12,11 +12,12 @@
 #       size), then the benchmarks, each writing JSON under $OUT: rans.json, kernels.json,
 #       codec.json, train.json, resources.txt and session.log (8 files at most come back).
 #
-#   bash benchmarks/gpu_session.sh train SECONDS [RUNS...]   # on the GPU machine
+#   bash benchmarks/gpu_session.sh train SECONDS [RUNS...]   # on the GPU machine, after measure
 #       starts the named training runs (default: a teacher and two plain students at quality 3) in
 #       parallel processes that outlive the call (setsid), each stopping itself after SECONDS
-#       with a checkpoint; `... export` in a later call of the same lease writes fp16 students
-#       to $OUT. The machine goes back after 30 s idle or 30 minutes held: keep calls close.
+#       with a checkpoint, then holds the call for up to 9.5 minutes. The machine goes back 30 s
+#       after a call ends (and after 30 minutes held), taking the runs with it, so keep it busy
+#       with `... wait SECONDS` calls and finish with `... export` (fp16 students to $OUT).
 #
 # Results reported from here must name the device, torch/triton versions and the commit; the
 # JSON files carry them.
@@ -79,7 +80,10 @@ train)
       --set run_dir="runs/$run" --set steps=200000 --set val_every=2000 --set ckpt_every=2000 \
       > "runs/$run.log" 2>&1 < /dev/null &
   done
-  sleep 60; tail -n 3 runs/*.log
+  sleep $(( SECONDS_BUDGET < 570 ? SECONDS_BUDGET + 5 : 570 )); tail -n 3 runs/*/metrics.jsonl
+  ;;
+wait)
+  sleep "${2:?seconds}"; tail -n 3 runs/*/metrics.jsonl
   ;;
 export)
   for run in runs/*/; do
