@@ -46,10 +46,13 @@ def packed_width(c: int) -> int:
     return sum(channel_blocks(c))
 
 
-def num_warps(c_pad: int) -> int:
-    """8 warps from 128 padded channels up: half the registers per thread of 4 warps, and no spills
-    at 512 (sm_90, see kernels/resources.py)."""
-    return 8 if c_pad >= 128 else 4
+def num_warps(c_pad: int, act: str, dtype: torch.dtype) -> int:
+    """8 warps from 128 padded channels up (half the registers per thread of 4 warps; no spills at
+    512), except fp32 layers without GDN at 128, which spill with 8 under Triton 3.6 and not with 4
+    (sm_90, see kernels/resources.py)."""
+    if c_pad >= 256 or (c_pad >= 128 and (act in ("gdn", "igdn") or dtype != torch.float32)):
+        return 8
+    return 4
 
 
 def launch_constexprs(cout: int, act: str, dtype: torch.dtype) -> dict:
@@ -115,7 +118,7 @@ def conv_act_nhwc(x: Tensor, w_packed: Tensor, bias: Tensor, cout: int, ks: int,
     conv_act_kernel[(triton.cdiv(m, BLOCK_M),)](
         x, w_packed, bias.detach().float().contiguous(), gamma_t, beta_p, y, h, w, ho, wo, m, cin, cout,
         KS=ks, STRIDE=stride, PAD=pad, **launch_constexprs(cout, act, w_packed.dtype),
-        num_warps=num_warps(w_packed.shape[1]))
+        num_warps=num_warps(w_packed.shape[1], act, w_packed.dtype))
     return y
 
 
@@ -129,7 +132,7 @@ def deconv_act_nhwc(x: Tensor, w_packed: Tensor, bias: Tensor, cout: int, act: s
     beta_p, gamma_t = gdn if gdn is not None else (_dummy(x.device), _dummy(x.device, w_packed.dtype))
     deconv_act_kernel[(triton.cdiv(m, BLOCK_M), 4)](
         x, w_packed, bias.detach().float().contiguous(), gamma_t, beta_p, y, h, w, m, cin, cout,
-        **launch_constexprs(cout, act, w_packed.dtype), num_warps=num_warps(w_packed.shape[2]))
+        **launch_constexprs(cout, act, w_packed.dtype), num_warps=num_warps(w_packed.shape[2], act, w_packed.dtype))
     return y
 
 

@@ -58,7 +58,7 @@ def compile_layer(transposed: bool, cout: int, act: str, dtype: torch.dtype, ks:
     signature.update({k: "constexpr" for k in constexprs})
     kernel = deconv_act_kernel if transposed else conv_act_kernel
     src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps(packed_width(cout))})
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps(packed_width(cout), act, dtype)})
 
 
 def resources(compiled) -> Resources:
