@@ -94,6 +94,17 @@ def test_codec_files_use_exact_parameters_and_decode_the_same_in_any_batch_or_th
     assert torch.equal(batched["y"][1:], latents["y"]) and torch.equal(batched["z"][1:], latents["z"])
 
 
+def test_hostile_latents_are_clamped_to_finite_exact_values():
+    # Escapes let a file carry any int32 z; beyond the layer bound (2^15 for these weights) every
+    # value acts as the bound, on every device.
+    model = build_model("mbt2018-mean", 16, 24).eval()
+    signs = torch.where(torch.rand(1, 16, 3, 4) < 0.5, -1.0, 1.0)
+    with torch.no_grad():
+        out = exact_sequential(model.h_s, signs * 2.0**31)
+        assert model.h_s.__dict__["_lickd_exact_cache"]["layers"][0].bound <= 2.0**20
+        assert torch.isfinite(out).all() and torch.equal(out, exact_sequential(model.h_s, signs * 2.0**20))
+
+
 def test_unsupported_layers_and_oversized_weights_are_refused():
     with pytest.raises(TypeError, match="Tanh"):
         exact_sequential(nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.Tanh()), torch.zeros(1, 2, 4, 4))
