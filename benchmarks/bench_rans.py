@@ -7,8 +7,9 @@ symbols, indexes and CDFs); otherwise a synthetic Gaussian-scale workload shaped
 mbt2018-mean's y on a 768x512 image (320 x 32 x 48 symbols, scales log-uniform in [0.11, 8],
 CompressAI's 64-entry scale table), which is what the table says. Both coders get the same
 symbols, indexes and tables; CompressAI's times include its list conversions, as its API
-requires them. Overhead is the stream size against the ideal code length -sum log2 p of the
-symbols under each coder's own quantised tables.
+requires them. lickd codes bare streams, as .lkd files hold them (csrc/rans_format.h). Overhead
+is the stream size against the ideal code length -sum log2 p of the symbols under each coder's own
+quantised tables.
 """
 from __future__ import annotations
 
@@ -81,17 +82,17 @@ def cuda_rows(tables, symbols, indexes, ideal, repeats):
     if not (cuda_coder_built() and torch.cuda.is_available()):
         return [{"coder": "lickd CUDA", "note": "not measured: no CUDA coder in this build / no GPU here"}]
     n = symbols.numel()
-    cpu_bytes = tables.encode(symbols, indexes)
+    cpu_bytes = tables.encode(symbols, indexes, bare=True)
     rows = []
     for batch in (1, 64):
         sym = [symbols.cuda() for _ in range(batch)]
         idx = [indexes.cuda() for _ in range(batch)]
-        streams = tables.encode_cuda(sym, idx)
+        streams = tables.encode_cuda(sym, idx, bare=True)
         assert all(s == cpu_bytes for s in streams), "CUDA and CPU streams differ"
-        assert all(torch.equal(o.cpu(), symbols) for o in tables.decode_cuda(streams, idx))
-        t_enc = timeit(lambda: tables.encode_cuda(sym, idx), repeats)
-        t_dec = timeit(lambda: (tables.decode_cuda(streams, idx), torch.cuda.synchronize()), repeats)
-        info = stream_info(cpu_bytes)
+        assert all(torch.equal(o.cpu(), symbols) for o in tables.decode_cuda(streams, idx, bare=True))
+        t_enc = timeit(lambda: tables.encode_cuda(sym, idx, bare=True), repeats)
+        t_dec = timeit(lambda: (tables.decode_cuda(streams, idx, bare=True), torch.cuda.synchronize()), repeats)
+        info = stream_info(cpu_bytes, bare_symbols=n)
         rows.append({"coder": f"lickd CUDA, batch {batch}", "encode_msym_s": batch * n / t_enc / 1e6,
                      "decode_msym_s": batch * n / t_dec / 1e6, "bytes": len(cpu_bytes), "ideal_bytes": ideal,
                      "overhead_pct": 100 * (len(cpu_bytes) / ideal - 1),
@@ -124,12 +125,13 @@ def main(argv=None):
     tables = gc.tables
     ideal = ideal_bytes(gc._quantized_cdf, gc._offset, gc._cdf_length, symbols, indexes, 15)
     threads = os.cpu_count() or 1
-    for label, kw in (("lickd CPU, 1 thread", {"threads": 1}), (f"lickd CPU, {threads} threads", {"threads": threads})):
+    for label, kw in (("lickd CPU, 1 thread", {"threads": 1, "bare": True}),
+                      (f"lickd CPU, {threads} threads", {"threads": threads, "bare": True})):
         data = tables.encode(symbols, indexes, **kw)
         assert torch.equal(tables.decode(data, indexes, **kw), symbols)
         t_enc = timeit(lambda: tables.encode(symbols, indexes, **kw), repeats)
         t_dec = timeit(lambda: tables.decode(data, indexes, **kw), repeats)
-        info = stream_info(data)
+        info = stream_info(data, bare_symbols=n)
         rows.append({"coder": label, "encode_msym_s": n / t_enc / 1e6, "decode_msym_s": n / t_dec / 1e6,
                      "bytes": len(data), "ideal_bytes": ideal, "overhead_pct": 100 * (len(data) / ideal - 1),
                      "layout": f"{info['n_chunks']} chunk(s) x {info['lanes']} lanes, P=15"})

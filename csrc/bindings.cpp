@@ -34,7 +34,7 @@ TableSet make_tables(const py::array& cdf_a, const py::array& len_a, const py::a
 }
 
 py::bytes encode(const TableSet& tables, const py::array& sym_a, const py::array& idx_a, int lanes,
-                 int64_t chunks, double max_overhead, int threads) {
+                 int64_t chunks, double max_overhead, int threads, bool bare) {
   auto sym = require(sym_a, "symbols", 1), idx = require(idx_a, "indexes", 1);
   if (sym.shape(0) != idx.shape(0))
     throw std::invalid_argument("symbols and indexes differ in length");
@@ -43,6 +43,7 @@ py::bytes encode(const TableSet& tables, const py::array& sym_a, const py::array
   opt.chunks = chunks;
   opt.max_overhead = max_overhead;
   opt.threads = threads;
+  opt.bare = bare;
   std::vector<uint8_t> out;
   {
     py::gil_scoped_release release;
@@ -52,7 +53,7 @@ py::bytes encode(const TableSet& tables, const py::array& sym_a, const py::array
 }
 
 IntArray decode(const TableSet& tables, const py::buffer& data, const py::array& idx_a,
-                int threads) {
+                int threads, bool bare) {
   auto idx = require(idx_a, "indexes", 1);
   py::buffer_info buf = data.request();
   if (buf.itemsize != 1 || buf.ndim != 1 || (buf.ndim == 1 && buf.strides[0] != 1))
@@ -62,15 +63,16 @@ IntArray decode(const TableSet& tables, const py::buffer& data, const py::array&
   int32_t* o = out.mutable_data();
   {
     py::gil_scoped_release release;
-    lickd::rans_decode(tables, p, size_t(buf.size), idx.data(), idx.shape(0), o, threads);
+    lickd::rans_decode(tables, p, size_t(buf.size), idx.data(), idx.shape(0), o, threads, bare);
   }
   return out;
 }
 
-py::dict stream_info(const py::bytes& data) {
+py::dict stream_info(const py::bytes& data, int64_t bare_symbols) {
   std::string s = data;
-  auto h = lickd::read_header(reinterpret_cast<const uint8_t*>(s.data()), s.size());
+  auto h = lickd::read_header(reinterpret_cast<const uint8_t*>(s.data()), s.size(), bare_symbols);
   py::dict d;
+  d["bare"] = h.bare;
   d["precision"] = h.precision;
   d["lanes"] = h.lanes();
   d["n_symbols"] = h.n_symbols;
@@ -96,10 +98,11 @@ PYBIND11_MODULE(_rans, m) {
 
   m.def("encode", &encode, py::arg("tables"), py::arg("symbols"), py::arg("indexes"),
         py::arg("lanes") = 0, py::arg("chunks") = 0, py::arg("max_overhead") = 0.0025,
-        py::arg("threads") = 0);
+        py::arg("threads") = 0, py::arg("bare") = false);
   m.def("decode", &decode, py::arg("tables"), py::arg("data"), py::arg("indexes"),
-        py::arg("threads") = 0);
-  m.def("stream_info", &stream_info, py::arg("data"));
+        py::arg("threads") = 0, py::arg("bare") = false);
+  // bare_symbols >= 0: a bare stream of that many symbols (its table hash is not stored: 0)
+  m.def("stream_info", &stream_info, py::arg("data"), py::arg("bare_symbols") = -1);
 #ifdef LICKD_WITH_CUDA
   m.attr("WITH_CUDA") = true;
   // Device copy of a TableSet (keeps the TableSet alive) and the batched CUDA coder. Device
@@ -111,22 +114,23 @@ PYBIND11_MODULE(_rans, m) {
       "decode_cuda",
       [](const lickd::DeviceTables& tables, const std::vector<py::bytes>& streams,
          const std::vector<uintptr_t>& index_ptrs, const std::vector<uintptr_t>& out_ptrs,
-         const std::vector<int64_t>& counts, uintptr_t stream) {
+         const std::vector<int64_t>& counts, uintptr_t stream, bool bare) {
         std::vector<std::string> data(streams.begin(), streams.end());
         py::gil_scoped_release release;
-        lickd::rans_decode_cuda(tables, data, index_ptrs, out_ptrs, counts, stream);
+        lickd::rans_decode_cuda(tables, data, index_ptrs, out_ptrs, counts, stream, bare);
       },
       py::arg("tables"), py::arg("streams"), py::arg("index_ptrs"), py::arg("out_ptrs"), py::arg("counts"),
-      py::arg("stream"));
+      py::arg("stream"), py::arg("bare") = false);
   m.def(
       "encode_cuda",
       [](const lickd::DeviceTables& tables, const std::vector<uintptr_t>& symbol_ptrs,
          const std::vector<uintptr_t>& index_ptrs, const std::vector<int64_t>& counts, int lanes, int64_t chunks,
-         double max_overhead, uintptr_t stream) {
+         double max_overhead, uintptr_t stream, bool bare) {
         lickd::EncodeOptions opt;
         opt.lanes = lanes;
         opt.chunks = chunks;
         opt.max_overhead = max_overhead;
+        opt.bare = bare;
         std::vector<std::vector<uint8_t>> out;
         {
           py::gil_scoped_release release;
@@ -137,7 +141,7 @@ PYBIND11_MODULE(_rans, m) {
         return result;
       },
       py::arg("tables"), py::arg("symbol_ptrs"), py::arg("index_ptrs"), py::arg("counts"), py::arg("lanes") = 0,
-      py::arg("chunks") = 0, py::arg("max_overhead") = 0.0025, py::arg("stream") = 0);
+      py::arg("chunks") = 0, py::arg("max_overhead") = 0.0025, py::arg("stream") = 0, py::arg("bare") = false);
 #else
   m.attr("WITH_CUDA") = false;
 #endif

@@ -75,6 +75,7 @@ std::vector<uint8_t> rans_encode(const TableSet& tables, const int32_t* symbols,
   StreamHeader h;
   h.precision = P;
   h.table_hash = tables.hash();
+  h.bare = opt.bare;
   choose_layout(h, n, estimate_cost(tables, symbols, indexes, n), opt);
   const int lanes = h.lanes();
   const int64_t per = int64_t(h.symbols_per_chunk());
@@ -147,8 +148,8 @@ std::vector<uint8_t> rans_encode(const TableSet& tables, const int32_t* symbols,
 }
 
 void rans_decode(const TableSet& tables, const uint8_t* data, size_t size, const int32_t* indexes,
-                 int64_t n, int32_t* out, int threads) {
-  const StreamHeader h = read_header(data, size);
+                 int64_t n, int32_t* out, int threads, bool bare) {
+  const StreamHeader h = read_header(data, size, bare ? n : -1, tables.hash());
   if (h.n_symbols != uint64_t(n))
     throw StreamError("stream holds " + std::to_string(h.n_symbols) + " symbols, expected " +
                       std::to_string(n));

@@ -15,7 +15,8 @@ std::vector<uint8_t> rans_encode(const TableSet& tables, const int32_t* symbols,
                                  const int32_t* indexes, int64_t n, const EncodeOptions& opt);
 
 // Decodes n symbols into out. Throws StreamError on any corruption, truncation or mismatch.
+// bare: the stream was written with EncodeOptions::bare (n and the tables come from the caller).
 void rans_decode(const TableSet& tables, const uint8_t* data, size_t size, const int32_t* indexes,
-                 int64_t n, int32_t* out, int threads);
+                 int64_t n, int32_t* out, int threads, bool bare = false);
 
 }  // namespace lickd

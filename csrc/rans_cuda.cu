@@ -588,7 +588,7 @@ DeviceTables::~DeviceTables() {
 
 void rans_decode_cuda(const DeviceTables& tables, const std::vector<std::string>& streams,
                       const std::vector<uintptr_t>& index_ptrs, const std::vector<uintptr_t>& out_ptrs,
-                      const std::vector<int64_t>& counts, uintptr_t cuda_stream) {
+                      const std::vector<int64_t>& counts, uintptr_t cuda_stream, bool bare) {
   const size_t n_streams = streams.size();
   if (index_ptrs.size() != n_streams || out_ptrs.size() != n_streams || counts.size() != n_streams)
     throw std::invalid_argument("streams, indexes, outputs and counts differ in number");
@@ -600,7 +600,7 @@ void rans_decode_cuda(const DeviceTables& tables, const std::vector<std::string>
     const std::string& s = streams[i];
     StreamHeader h;
     try {
-      h = read_header(reinterpret_cast<const uint8_t*>(s.data()), s.size());
+      h = read_header(reinterpret_cast<const uint8_t*>(s.data()), s.size(), bare ? counts[i] : -1, t.hash());
     } catch (const StreamError& e) {
       throw StreamError("stream " + std::to_string(i) + ": " + e.what());
     }
@@ -709,6 +709,7 @@ std::vector<std::vector<uint8_t>> rans_encode_cuda(const DeviceTables& tables, c
     StreamHeader& h = headers[i];
     h.precision = P;
     h.table_hash = t.hash();
+    h.bare = opt.bare;
     choose_layout(h, counts[i], cost[i], opt);
     const uint64_t per = h.symbols_per_chunk();
     if (per > uint64_t(INT32_MAX)) throw std::invalid_argument("more than 2^31 symbols in one chunk: ask for more chunks");

@@ -35,7 +35,7 @@ class DeviceTables {
 // naming the stream and chunk on any corruption.
 void rans_decode_cuda(const DeviceTables& tables, const std::vector<std::string>& streams,
                       const std::vector<uintptr_t>& index_ptrs, const std::vector<uintptr_t>& out_ptrs,
-                      const std::vector<int64_t>& counts, uintptr_t cuda_stream);
+                      const std::vector<int64_t>& counts, uintptr_t cuda_stream, bool bare = false);
 
 // Encodes counts[i] symbols at symbol_ptrs[i] with the tables at index_ptrs[i] (device int32) for
 // every i in one set of launches on `stream`; returns each complete stream (host bytes), identical

@@ -27,32 +27,51 @@ uint32_t crc32_update(uint32_t crc, const uint8_t* data, size_t n) {
   return ~crc;
 }
 
+constexpr uint8_t kBareFlag = 0x40;
+
 void write_header(ByteWriter& w, const StreamHeader& h) {
-  w.u16(kStreamMagic);
-  w.u8(kStreamVersion);
-  w.u8(uint8_t((h.precision - kMinPrecision) | (h.log2_lanes << 3)));
-  w.varint(h.n_symbols);
-  w.varint(h.n_chunks);
-  w.u32(h.table_hash);
+  const uint8_t flags = uint8_t((h.precision - kMinPrecision) | (h.log2_lanes << 3) | (h.bare ? kBareFlag : 0));
+  if (h.bare) {
+    w.u8(flags);
+    w.varint(h.n_chunks);
+  } else {
+    w.u16(kStreamMagic);
+    w.u8(kStreamVersion);
+    w.u8(flags);
+    w.varint(h.n_symbols);
+    w.varint(h.n_chunks);
+    w.u32(h.table_hash);
+  }
   for (uint64_t b : h.chunk_bytes) w.varint(b);
 }
 
-StreamHeader read_header(const uint8_t* data, size_t size) {
+StreamHeader read_header(const uint8_t* data, size_t size, int64_t bare_symbols, uint32_t bare_table_hash) {
   ByteReader r(data, size);
   StreamHeader h;
-  if (r.u16("magic") != kStreamMagic) throw StreamError("not a lickd rANS stream (bad magic)");
-  uint8_t version = r.u8("version");
-  if (version != kStreamVersion)
-    throw StreamError("unsupported rANS stream version " + std::to_string(version));
+  h.bare = bare_symbols >= 0;
+  if (!h.bare) {
+    if (r.u16("magic") != kStreamMagic) throw StreamError("not a lickd rANS stream (bad magic)");
+    uint8_t version = r.u8("version");
+    if (version != kStreamVersion)
+      throw StreamError("unsupported rANS stream version " + std::to_string(version));
+  }
   uint8_t flags = r.u8("flags");
-  if (flags & 0xC0) throw StreamError("reserved stream flags are set");
+  if (flags & 0x80) throw StreamError("reserved stream flags are set");
+  if (bool(flags & kBareFlag) != h.bare)
+    throw StreamError(h.bare ? "expected a bare rANS stream, got a full one" : "bare rANS stream without its container");
   h.precision = kMinPrecision + (flags & 7);
   h.log2_lanes = (flags >> 3) & 7;
   if (h.precision > kMaxPrecision) throw StreamError("invalid CDF precision in stream header");
   if (h.log2_lanes > kMaxLog2Lanes) throw StreamError("invalid lane count in stream header");
-  h.n_symbols = r.varint("symbol count");
-  h.n_chunks = r.varint("chunk count");
-  h.table_hash = r.u32("table hash");
+  if (h.bare) {
+    h.n_symbols = uint64_t(bare_symbols);
+    h.n_chunks = r.varint("chunk count");
+    h.table_hash = bare_table_hash;
+  } else {
+    h.n_symbols = r.varint("symbol count");
+    h.n_chunks = r.varint("chunk count");
+    h.table_hash = r.u32("table hash");
+  }
   if ((h.n_symbols == 0) != (h.n_chunks == 0) || h.n_chunks > h.n_symbols)
     throw StreamError("inconsistent symbol and chunk counts in stream header");
   // Each directory entry takes at least one byte: reject counts the stream cannot hold

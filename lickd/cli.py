@@ -241,7 +241,10 @@ def cmd_decode(args) -> None:
 
 
 def cmd_info(args) -> None:
+    import math
+
     from . import container
+    from .codec import FILE_CODER
     from .entropy import stream_info
     from .errors import CorruptFileError
 
@@ -249,7 +252,8 @@ def cmd_info(args) -> None:
     data = _read_bytes(src)
     try:
         f = container.parse(data)
-        streams = {s.name: stream_info(s.data) for s in f.sections}
+        bare = f.coder == FILE_CODER  # this lickd's files hold bare streams; their sizes come from the header
+        streams = {s.name: stream_info(s.data, math.prod(s.shape) if bare else None) for s in f.sections}
     except CorruptFileError as e:
         raise CliError(src, f"corrupt: {e}") from None
     header = f.header_dict()

@@ -18,16 +18,17 @@ from typing import Sequence, Union
 import torch
 
 from . import container, zoo
-from .entropy import CODER_ID
+from .entropy.coder import STREAM_VERSION
 from .entropy.exact import EXACT_VERSION
 from .errors import CorruptFileError, LickdError
 from .image import ImageLike, OutputKind, from_tensor, pad_to_multiple, to_tensor
 from .models import CompressionModel
 
 
-#: The .lkd ``coder`` field: the rANS stream format and the exact entropy-parameter arithmetic
+#: The .lkd ``coder`` field, "rans1b+x1": bare rANS streams of format v1 (csrc/rans_format.h; the
+#: container records what their headers leave out) and the exact entropy-parameter arithmetic v1
 #: (lickd.entropy.exact), which together decide how the bytes map back to latents.
-FILE_CODER = f"{CODER_ID}+x{EXACT_VERSION}"
+FILE_CODER = f"rans{STREAM_VERSION}b+x{EXACT_VERSION}"
 
 
 def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
@@ -86,7 +87,7 @@ class StudentCodec:
         out: list[bytes] = [b""] * len(tensors)
         for padded, members in _group_by(tensors, lambda t: _padded_size(t.shape[-2:], factor)).items():
             x = torch.cat([pad_to_multiple(tensors[i].to(self.device), factor) for i in members])
-            coded = self.model.compress(x, **coder_options)
+            coded = self.model.compress(x, bare=True, **coder_options)
             shapes = self.model.latent_shapes(*padded)
             for k, i in enumerate(members):
                 sections = [container.Section(name, shapes[name], strings[k])
@@ -119,7 +120,7 @@ class StudentCodec:
         # CompressAI's convention: ``shape`` is the spatial size of the last latent (y or z).
         shape = files[0].section(self.model.latent_names[-1]).shape[-2:]
         with torch.inference_mode():
-            return self.model.decode_latents(strings, shape)
+            return self.model.decode_latents(strings, shape, bare=True)
 
     def decode_latents(self, data: bytes) -> tuple[container.LkdFile, dict[str, torch.Tensor]]:
         """Parses and checks a file, then decodes its quantised latents (before the synthesis)."""

@@ -40,7 +40,7 @@ def test_encode_decode_info_round_trip(capsys, tmp_path, image_file, weights):
     assert code == 0
     assert Image.open(png).size == (70, 45)
     code, out, err = run(capsys, "info", lkd)
-    assert code == 0 and "70x45" in out and "mbt2018-mean" in out and "rans32x16" in out
+    assert code == 0 and "70x45" in out and "mbt2018-mean" in out and "rans1b+x1" in out
     code, out, err = run(capsys, "info", lkd, "--json")
     info = json.loads(out)
     assert info["size"] == [45, 70] and info["file_bytes"] == lkd.stat().st_size

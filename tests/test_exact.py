@@ -83,7 +83,7 @@ def test_codec_files_use_exact_parameters_and_decode_the_same_in_any_batch_or_th
     rng = np.random.default_rng()
     imgs = [rng.integers(0, 256, (64, 96, 3), dtype=np.uint8) for _ in range(2)]
     data = [codec.compress(img) for img in imgs]
-    assert parse(data[0]).coder == FILE_CODER and FILE_CODER.endswith("+x1")
+    assert parse(data[0]).coder == FILE_CODER == "rans1b+x1"
     _, latents = codec.decode_latents(data[0])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -140,31 +140,55 @@ def _small_stream(rng):
     return gc, sym, idx, gc.tables.encode(sym, idx, lanes=8, chunks=3)
 
 
-def test_every_flipped_byte_is_detected():
+@pytest.mark.parametrize("bare", [False, True], ids=["full", "bare"])
+def test_every_flipped_byte_is_detected(bare):
     """Header, directory and escape damage is always caught; damage inside a lane's words is caught
     by its 16-bit check and the exact word count, which can miss about 1 in 65,536 times."""
     rng = np.random.default_rng()
     gc, sym, idx, data = _small_stream(rng)
+    if bare:
+        data = gc.tables.encode(sym, idx, lanes=8, chunks=3, bare=True)
     missed = 0
     for pos in range(len(data)):
         bad = bytearray(data)
         bad[pos] ^= int(rng.integers(1, 256))
         try:
-            gc.tables.decode(bytes(bad), idx)
+            gc.tables.decode(bytes(bad), idx, bare=bare)
             missed += 1
         except CorruptFileError:
             pass
     assert missed <= 1
 
 
-def test_every_truncation_and_extension_is_detected():
+@pytest.mark.parametrize("bare", [False, True], ids=["full", "bare"])
+def test_every_truncation_and_extension_is_detected(bare):
     rng = np.random.default_rng()
     gc, sym, idx, data = _small_stream(rng)
+    if bare:
+        data = gc.tables.encode(sym, idx, lanes=8, chunks=3, bare=True)
     for n in range(len(data)):
         with pytest.raises(CorruptFileError):
-            gc.tables.decode(data[:n], idx)
+            gc.tables.decode(data[:n], idx, bare=bare)
     with pytest.raises(CorruptFileError, match="trailing"):
-        gc.tables.decode(data + b"\0", idx)
+        gc.tables.decode(data + b"\0", idx, bare=bare)
+
+
+def test_bare_streams_leave_out_what_the_container_records():
+    rng = np.random.default_rng()
+    gc, sym, idx, full = _small_stream(rng)
+    bare = gc.tables.encode(sym, idx, lanes=8, chunks=3, bare=True)
+    info, bare_info = stream_info(full), stream_info(bare, bare_symbols=idx.numel())
+    # magic (2) + version (1) + symbol count (varint) + table hash (4)
+    assert len(full) - len(bare) == 7 + (idx.numel().bit_length() + 6) // 7
+    assert bare_info["bare"] and not info["bare"]
+    assert {k: bare_info[k] for k in ("lanes", "n_chunks", "chunk_bytes", "n_symbols")} == \
+        {k: info[k] for k in ("lanes", "n_chunks", "chunk_bytes", "n_symbols")}
+    assert torch.equal(gc.tables.decode(bare, idx, bare=True), sym)
+    with pytest.raises(CorruptFileError, match="magic"):
+        gc.tables.decode(bare, idx)
+    with pytest.raises(CorruptFileError):
+        gc.tables.decode(full, idx, bare=True)
+    assert full[-len(bare) + bare_info["header_bytes"]:] == bare[bare_info["header_bytes"]:]
 
 
 def test_other_tables_or_symbol_count_are_rejected():

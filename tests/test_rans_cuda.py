@@ -44,8 +44,9 @@ def emulator(tmp_path_factory):
     lib.lickd_emu_tables.argtypes = [P, I64, I64, P, P, I32, ctypes.c_char_p, I32]
     lib.lickd_emu_free_tables.argtypes = [P]
     lib.lickd_emu_shared_table_bytes.argtypes = [P]
-    lib.lickd_emu_decode.argtypes = [P, I32, P, P, P, P, P, ctypes.c_char_p, I32]
-    lib.lickd_emu_encode.argtypes = [P, I32, P, P, P, I32, I64, ctypes.c_double, ctypes.POINTER(P), ctypes.c_char_p, I32]
+    lib.lickd_emu_decode.argtypes = [P, I32, P, P, P, P, P, I32, ctypes.c_char_p, I32]
+    lib.lickd_emu_encode.argtypes = [P, I32, P, P, P, I32, I64, ctypes.c_double, I32, ctypes.POINTER(P), ctypes.c_char_p,
+                                     I32]
     lib.lickd_emu_result_size.restype = I64
     lib.lickd_emu_result_size.argtypes = [P, I32]
     lib.lickd_emu_result_copy.argtypes = [P, I32, P]
@@ -85,13 +86,13 @@ class EmulatedCudaCoder:
         if rc:
             raise RuntimeError(message)  # the emulator refused the kernel: a bug on a GPU too
 
-    def encode(self, symbols, indexes, lanes=0, chunks=0, max_overhead=0.0025):
+    def encode(self, symbols, indexes, lanes=0, chunks=0, max_overhead=0.0025, bare=False):
         sym = [np.ascontiguousarray(s.numpy(), dtype=np.int32) for s in symbols]
         idx = [np.ascontiguousarray(i.numpy(), dtype=np.int32) for i in indexes]
         counts = np.array([s.size for s in sym], dtype=np.int64)
         result, err = ctypes.c_void_p(), ctypes.create_string_buffer(512)
         rc = self.lib.lickd_emu_encode(self.handle, len(sym), self._ptrs(sym), self._ptrs(idx), counts.ctypes.data,
-                                       lanes, chunks, max_overhead, ctypes.byref(result), err, 512)
+                                       lanes, chunks, max_overhead, int(bare), ctypes.byref(result), err, 512)
         self._raise(rc, err)
         out = []
         for i in range(len(sym)):
@@ -101,7 +102,7 @@ class EmulatedCudaCoder:
         self.lib.lickd_emu_free_result(result)
         return out
 
-    def decode(self, streams, indexes):
+    def decode(self, streams, indexes, bare=False):
         data = [np.frombuffer(bytes(s), dtype=np.uint8).copy() for s in streams]
         idx = [np.ascontiguousarray(i.numpy(), dtype=np.int32) for i in indexes]
         out = [np.full(i.size, -7, dtype=np.int32) for i in idx]
@@ -109,7 +110,7 @@ class EmulatedCudaCoder:
         counts = np.array([i.size for i in idx], dtype=np.int64)
         err = ctypes.create_string_buffer(512)
         rc = self.lib.lickd_emu_decode(self.handle, len(data), self._ptrs(data), sizes.ctypes.data, self._ptrs(idx),
-                                       self._ptrs(out), counts.ctypes.data, err, 512)
+                                       self._ptrs(out), counts.ctypes.data, int(bare), err, 512)
         self._raise(rc, err)
         return [torch.from_numpy(o) for o in out]
 
@@ -123,8 +124,8 @@ class GpuCoder:
     def encode(self, symbols, indexes, **options):
         return self.tables.encode_cuda([s.cuda() for s in symbols], [i.cuda() for i in indexes], **options)
 
-    def decode(self, streams, indexes):
-        out = self.tables.decode_cuda(streams, [i.cuda() for i in indexes])
+    def decode(self, streams, indexes, bare=False):
+        out = self.tables.decode_cuda(streams, [i.cuda() for i in indexes], bare=bare)
         assert all(o.is_cuda for o in out)
         return [o.cpu() for o in out]
 
@@ -163,6 +164,22 @@ def test_gpu_encoder_writes_the_cpu_bytes_and_each_decoder_reads_the_other(coder
         assert gpu_bytes == cpu_bytes, (lanes, chunks, n)
         assert torch.equal(gpu.decode([cpu_bytes], [idx])[0], sym)
         assert torch.equal(gc.tables.decode(gpu_bytes, idx), sym)
+
+
+def test_bare_streams_match_the_cpu_coder_and_are_refused_as_full_ones(coder_for):
+    rng = np.random.default_rng()
+    gc = gaussian_model(15)
+    gpu = coder_for(gc)
+    pairs = [gaussian_symbols(gc, n, rng, escape_rate=0.01) for n in (3000, 9000)]
+    syms, idxs = [p[0] for p in pairs], [p[1] for p in pairs]
+    bare = gpu.encode(syms, idxs, bare=True)
+    assert bare == [gc.tables.encode(s, i, bare=True) for s, i in pairs]
+    for o, s in zip(gpu.decode(bare, idxs, bare=True), syms):
+        assert torch.equal(o, s)
+    with pytest.raises(CorruptFileError, match="magic"):
+        gpu.decode(bare, idxs)
+    with pytest.raises(CorruptFileError):
+        gpu.decode(gpu.encode(syms, idxs), idxs, bare=True)
 
 
 def test_a_batch_of_streams_in_one_call_matches_stream_by_stream(coder_for):

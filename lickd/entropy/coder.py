@@ -21,8 +21,9 @@ except ImportError as e:  # a source checkout without a build shadows the instal
 
 StreamError = _rans.StreamError
 
-#: Name and version recorded in .lkd headers for streams of this coder.
-CODER_ID = f"rans32x16-v{_rans.STREAM_VERSION}"
+#: Version of the rANS stream format (csrc/rans_format.h) and this coder's name for it.
+STREAM_VERSION = int(_rans.STREAM_VERSION)
+CODER_ID = f"rans32x16-v{STREAM_VERSION}"
 
 
 def _int32_numpy(t: Tensor | np.ndarray) -> np.ndarray:
@@ -47,20 +48,22 @@ class TableSet:
         self._device_tables: dict = {}  # CUDA device index -> tables uploaded there
 
     def encode(self, symbols: Tensor, indexes: Tensor, *, lanes: int = 0, chunks: int = 0,
-               max_overhead: float = 0.0025, threads: int = 0) -> bytes:
-        """Codes ``symbols[i]`` with table ``indexes[i]`` (flattened, any int dtype)."""
+               max_overhead: float = 0.0025, threads: int = 0, bare: bool = False) -> bytes:
+        """Codes ``symbols[i]`` with table ``indexes[i]`` (flattened, any int dtype). ``bare``
+        leaves out what a container already records (magic, version, symbol count, table hash:
+        csrc/rans_format.h); such a stream decodes only with ``bare=True``."""
         if symbols.numel() != indexes.numel():
             raise ValueError("symbols and indexes must have the same number of elements")
         return _rans.encode(self._impl, _int32_numpy(symbols), _int32_numpy(indexes),
-                            lanes=lanes, chunks=chunks, max_overhead=max_overhead, threads=threads)
+                            lanes=lanes, chunks=chunks, max_overhead=max_overhead, threads=threads, bare=bare)
 
-    def decode(self, data: bytes, indexes: Tensor, *, threads: int = 0) -> Tensor:
+    def decode(self, data: bytes, indexes: Tensor, *, threads: int = 0, bare: bool = False) -> Tensor:
         """Decodes one symbol per element of ``indexes``; returns int32 of the same shape (CPU).
 
         Raises CorruptFileError when the stream is corrupt, truncated or coded with other tables.
         """
         try:
-            out = _rans.decode(self._impl, data, _int32_numpy(indexes), threads=threads)
+            out = _rans.decode(self._impl, data, _int32_numpy(indexes), threads=threads, bare=bare)
         except StreamError as e:
             raise CorruptFileError(str(e)) from None
         return torch.from_numpy(out).reshape(indexes.shape)
@@ -74,7 +77,7 @@ class TableSet:
         return self._device_tables[key]
 
     def encode_cuda(self, symbols: list[Tensor], indexes: list[Tensor], *, lanes: int = 0, chunks: int = 0,
-                    max_overhead: float = 0.0025) -> list[bytes]:
+                    max_overhead: float = 0.0025, bare: bool = False) -> list[bytes]:
         """Codes many (symbols, indexes) pairs of CUDA tensors in one set of launches on the current
         stream; the symbols never leave the GPU, only the streams' bytes do. Each stream is byte
         for byte what ``encode`` writes for the same input and options."""
@@ -92,9 +95,9 @@ class TableSet:
         with torch.cuda.device(device):
             return _rans.encode_cuda(self._on_device(device), [s.data_ptr() for s in sym], [i.data_ptr() for i in idx],
                                      [s.numel() for s in sym], lanes=lanes, chunks=chunks, max_overhead=max_overhead,
-                                     stream=torch.cuda.current_stream(device).cuda_stream)
+                                     stream=torch.cuda.current_stream(device).cuda_stream, bare=bare)
 
-    def decode_cuda(self, streams: list[bytes], indexes: list[Tensor]) -> list[Tensor]:
+    def decode_cuda(self, streams: list[bytes], indexes: list[Tensor], *, bare: bool = False) -> list[Tensor]:
         """Decodes many streams in one launch on the current CUDA stream of the indexes' device;
         returns int32 CUDA tensors shaped like the indexes. Same errors as ``decode``."""
         if not cuda_coder_built():
@@ -110,7 +113,7 @@ class TableSet:
             try:
                 _rans.decode_cuda(self._on_device(device), [bytes(s) for s in streams],
                                   [i.data_ptr() for i in idx], [o.data_ptr() for o in out], [i.numel() for i in idx],
-                                  torch.cuda.current_stream(device).cuda_stream)
+                                  torch.cuda.current_stream(device).cuda_stream, bare=bare)
             except StreamError as e:
                 raise CorruptFileError(str(e)) from None
         return [o.reshape(i.shape) for o, i in zip(out, indexes)]
@@ -128,9 +131,10 @@ def use_cuda_coder() -> bool:
     return cuda_coder_built() and os.environ.get("LICKD_CUDA_CODER") == "1" and torch.cuda.is_available()
 
 
-def stream_info(data: bytes) -> dict:
-    """Header fields of a coded stream (precision, lanes, chunks, sizes)."""
+def stream_info(data: bytes, bare_symbols: int | None = None) -> dict:
+    """Header fields of a coded stream (precision, lanes, chunks, sizes); a bare stream needs its
+    symbol count."""
     try:
-        return _rans.stream_info(bytes(data))
+        return _rans.stream_info(bytes(data), -1 if bare_symbols is None else int(bare_symbols))
     except StreamError as e:
         raise CorruptFileError(str(e)) from None

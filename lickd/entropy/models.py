@@ -153,21 +153,22 @@ class EntropyModel(nn.Module):
             return tables.encode_cuda(list(symbols.unbind(0)), list(indexes.unbind(0)), **options)
         return [tables.encode(symbols[i], indexes[i], **coder_options) for i in range(symbols.size(0))]
 
-    def decompress_symbols(self, strings: Sequence[bytes], indexes: Tensor) -> Tensor:
-        """The int32 symbols of each stream (on the device of ``indexes``)."""
+    def decompress_symbols(self, strings: Sequence[bytes], indexes: Tensor, bare: bool = False) -> Tensor:
+        """The int32 symbols of each stream (on the device of ``indexes``); ``bare``: the streams
+        were coded with ``bare=True`` (inside a container)."""
         if not isinstance(strings, (tuple, list)) or len(strings) != indexes.size(0):
             raise ValueError("Invalid strings or indexes parameters")
         tables = self.tables
         if indexes.is_cuda and use_cuda_coder():  # the symbols never leave the GPU
-            return torch.stack(tables.decode_cuda(list(strings), list(indexes.unbind(0))))
-        symbols = torch.stack([tables.decode(s, indexes[i]) for i, s in enumerate(strings)])
+            return torch.stack(tables.decode_cuda(list(strings), list(indexes.unbind(0)), bare=bare))
+        symbols = torch.stack([tables.decode(s, indexes[i], bare=bare) for i, s in enumerate(strings)])
         return symbols.to(indexes.device)
 
     def decompress(self, strings: Sequence[bytes], indexes: Tensor, dtype: torch.dtype = torch.float,
-                   means: Optional[Tensor] = None) -> Tensor:
+                   means: Optional[Tensor] = None, bare: bool = False) -> Tensor:
         if indexes.dim() < 2:
             raise ValueError("Invalid `indexes` size. Expected a tensor with at least 2 dimensions.")
-        return self.dequantize(self.decompress_symbols(strings, indexes), means, dtype)
+        return self.dequantize(self.decompress_symbols(strings, indexes, bare), means, dtype)
 
 
 class EntropyBottleneck(EntropyModel):
@@ -287,11 +288,11 @@ class EntropyBottleneck(EntropyModel):
         medians = self.expanded_medians(x.size(0), x.dim() - 2)
         return super().compress(x, indexes, medians, **coder_options)
 
-    def decompress(self, strings: Sequence[bytes], size: Sequence[int]) -> Tensor:
+    def decompress(self, strings: Sequence[bytes], size: Sequence[int], bare: bool = False) -> Tensor:
         device = self.quantiles.device
         indexes = self._build_indexes(torch.Size((len(strings), self.channels, *size)), device)
         medians = self.expanded_medians(len(strings), len(size))
-        return super().decompress(strings, indexes, medians.dtype, medians)
+        return super().decompress(strings, indexes, medians.dtype, medians, bare=bare)
 
 
 class GaussianConditional(EntropyModel):

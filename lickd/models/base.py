@@ -26,7 +26,8 @@ class CompressionModel(nn.Module):
     Subclasses follow CompressAI's contract: ``forward(x) -> {"x_hat", "likelihoods"}`` (plus
     ``"latents"``: the continuous y and z, what distillation matches),
     ``compress(x) -> {"strings", "shape"}``, ``decompress(strings, shape) -> {"x_hat"}``,
-    plus ``decode_latents(strings, shape)`` that returns the quantised latents by name.
+    plus ``decode_latents(strings, shape, bare=False)`` that returns the quantised latents by name
+    (``bare``: streams coded with ``compress(x, bare=True)``, as .lkd files hold them).
     """
 
     architecture: str = ""

@@ -58,10 +58,10 @@ class FactorizedPrior(CompressionModel):
         y = self.g_a(x)
         return {"strings": [self.entropy_bottleneck.compress(y, **coder_options)], "shape": y.size()[-2:]}
 
-    def decode_latents(self, strings, shape):
+    def decode_latents(self, strings, shape, bare: bool = False):
         if not isinstance(strings, (list, tuple)) or len(strings) != 1:
             raise ValueError("FactorizedPrior expects [y_strings]")
-        return {"y": self.entropy_bottleneck.decompress(strings[0], shape)}
+        return {"y": self.entropy_bottleneck.decompress(strings[0], shape, bare=bare)}
 
 
 @register_architecture("bmshj2018-hyperprior")
@@ -140,13 +140,13 @@ class ScaleHyperprior(CompressionModel):
         y_strings = self.gaussian_conditional.compress(y, indexes, means=means_hat, **coder_options)
         return {"strings": [y_strings, z_strings], "shape": z.size()[-2:]}
 
-    def decode_latents(self, strings, shape):
+    def decode_latents(self, strings, shape, bare: bool = False):
         if not isinstance(strings, (list, tuple)) or len(strings) != 2:
             raise ValueError(f"{type(self).__name__} expects [y_strings, z_strings]")
-        z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
+        z_hat = self.entropy_bottleneck.decompress(strings[1], shape, bare=bare)
         scales_hat, means_hat = self._coding_params(z_hat)
         indexes = self.gaussian_conditional.build_indexes(scales_hat)
-        y_hat = self.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype, means=means_hat)
+        y_hat = self.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype, means=means_hat, bare=bare)
         return {"y": y_hat, "z": z_hat}
 
 

@@ -54,7 +54,7 @@ void lickd_emu_free_tables(void* t) { delete static_cast<Tables*>(t); }
 int lickd_emu_shared_table_bytes(void* t) { return static_cast<Tables*>(t)->device.shared_bytes; }
 
 int lickd_emu_decode(void* t, int n, const char* const* data, const int64_t* sizes, const int32_t* const* indexes,
-                     int32_t* const* out, const int64_t* counts, char* err, int err_len) {
+                     int32_t* const* out, const int64_t* counts, int bare, char* err, int err_len) {
   try {
     std::vector<std::string> streams;
     std::vector<uintptr_t> idx, outs;
@@ -63,7 +63,8 @@ int lickd_emu_decode(void* t, int n, const char* const* data, const int64_t* siz
       idx.push_back(reinterpret_cast<uintptr_t>(indexes[i]));
       outs.push_back(reinterpret_cast<uintptr_t>(out[i]));
     }
-    lickd::rans_decode_cuda(static_cast<Tables*>(t)->device, streams, idx, outs, std::vector<int64_t>(counts, counts + n), 0);
+    lickd::rans_decode_cuda(static_cast<Tables*>(t)->device, streams, idx, outs, std::vector<int64_t>(counts, counts + n), 0,
+                            bare != 0);
     return 0;
   } catch (...) {
     return report(err, err_len);
@@ -71,7 +72,7 @@ int lickd_emu_decode(void* t, int n, const char* const* data, const int64_t* siz
 }
 
 int lickd_emu_encode(void* t, int n, const int32_t* const* symbols, const int32_t* const* indexes, const int64_t* counts,
-                     int lanes, int64_t chunks, double max_overhead, void** result, char* err, int err_len) {
+                     int lanes, int64_t chunks, double max_overhead, int bare, void** result, char* err, int err_len) {
   try {
     std::vector<uintptr_t> sym, idx;
     for (int i = 0; i < n; ++i) {
@@ -82,6 +83,7 @@ int lickd_emu_encode(void* t, int n, const int32_t* const* symbols, const int32_
     opt.lanes = lanes;
     opt.chunks = chunks;
     opt.max_overhead = max_overhead;
+    opt.bare = bare != 0;
     *result = new std::vector<std::vector<uint8_t>>(lickd::rans_encode_cuda(
         static_cast<Tables*>(t)->device, sym, idx, std::vector<int64_t>(counts, counts + n), opt, 0));
     return 0;
