@@ -200,3 +200,15 @@ def test_lickd_eval_bd_rate_plot_and_bench(capsys, tmp_path, image_folder, weigh
            + 12 * 20 * k / 256)
     assert b["kmacs_per_pixel"]["g_a"] * 1e3 == pytest.approx(g_a, rel=1e-6)
     assert "entropy coding" in text and b["energy_j_per_image"] is None
+
+
+@pytest.mark.parametrize("arch,stages", [("bmshj2018-factorized", {"g_a"}), ("bmshj2018-hyperprior", {"g_a", "h_a", "h_s"})])
+def test_bench_stages_of_every_architecture_with_exact_entropy_parameters(arch, stages):
+    import numpy as np
+    from lickd import StudentCodec, zoo
+    from lickd.eval.bench import benchmark
+    from lickd.models import build_model
+    codec = StudentCodec(build_model(arch, 8, 12), zoo.ModelInfo(name="f", architecture=arch, N=8, M=12), device="cpu")
+    r = benchmark(codec, np.random.default_rng().integers(0, 256, (64, 64, 3), dtype=np.uint8), repeats=1, warmup=0)
+    assert set(r["latency_ms"]["encode"]) == stages | {"entropy coding", "total"}
+    assert set(r["latency_ms"]["decode"]) == (stages - {"g_a", "h_a"}) | {"g_s", "entropy coding", "total"}

@@ -63,8 +63,8 @@ def stage_timer(model, sync):
     """Accumulates the wall time of each transform's forward into the yielded dict."""
     times, starts, handles = defaultdict(float), {}, []
     stages = [(name, getattr(model, name, None)) for name in STAGES]
-    if getattr(model, "entropy_parameters", "float") == "exact":  # coding runs h_s exactly
-        stages.append(("h_s", model.exact_h_s))
+    if getattr(model, "entropy_parameters", "float") == "exact" and hasattr(model, "exact_h_s"):
+        stages.append(("h_s", model.exact_h_s))  # coding runs h_s exactly
     for name, module in stages:
         if module is None:
             continue
