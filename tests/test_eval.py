@@ -204,7 +204,6 @@ def test_lickd_eval_bd_rate_plot_and_bench(capsys, tmp_path, image_folder, weigh
 
 @pytest.mark.parametrize("arch,stages", [("bmshj2018-factorized", {"g_a"}), ("bmshj2018-hyperprior", {"g_a", "h_a", "h_s"})])
 def test_bench_stages_of_every_architecture_with_exact_entropy_parameters(arch, stages):
-    import numpy as np
     from lickd import StudentCodec, zoo
     from lickd.eval.bench import benchmark
     from lickd.models import build_model
