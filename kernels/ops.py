@@ -22,7 +22,7 @@ from torch import Tensor
 from .conv_act import ACT_GDN, ACT_IGDN, ACT_LEAKY, ACT_NONE, ACT_RELU, conv_act_kernel, deconv_act_kernel
 
 ACTIVATIONS = {"none": ACT_NONE, "gdn": ACT_GDN, "igdn": ACT_IGDN, "relu": ACT_RELU, "leaky_relu": ACT_LEAKY}
-BLOCK_M, BLOCK_K = 32, 32
+BLOCK_K = 32
 
 
 def _upcast(dtype: torch.dtype) -> bool:
@@ -46,20 +46,28 @@ def packed_width(c: int) -> int:
     return sum(channel_blocks(c))
 
 
-def num_warps(c_pad: int, act: str, dtype: torch.dtype) -> int:
-    """8 warps from 128 padded channels up (half the registers per thread of 4 warps; no spills at
-    512), except fp32 layers without GDN at 128, which spill with 8 under Triton 3.6 and not with 4
-    (sm_90, see kernels/resources.py)."""
-    if c_pad >= 256 or (c_pad >= 128 and (act in ("gdn", "igdn") or dtype != torch.float32)):
-        return 8
-    return 4
+def launch_config(cout: int, act: str, dtype: torch.dtype, transposed: bool) -> tuple[dict, int]:
+    """(constexprs, num_warps) of a kernel for ``cout`` output channels: the one place the
+    launchers and kernels/resources.py take them from.
 
-
-def launch_constexprs(cout: int, act: str, dtype: torch.dtype) -> dict:
-    """The compile-time parameters shared by both kernels for ``cout`` output channels."""
+    64 pixels per program with 8 warps wherever that compiles without spills for sm_90: Triton
+    then emits Hopper's warpgroup MMA (HGMMA; with 32 pixels it falls back to HMMA), and
+    kernels.md's measured prototype found 64 best. 32 pixels for the layers that would spill at 64
+    with Triton 3.6 or 3.8 (padded width above 320; transposed convolutions above 256, or from 128
+    in fp32), with 8 warps from 128 padded channels except fp32 layers without GDN at 128 (Triton
+    3.6 spills those with 8).
+    CI checks every zoo layer (kernels/resources.py --check)."""
     lo, hi = channel_blocks(cout)
-    return {"C_LO": lo, "C_HI": hi or 16, "HAS_HI": hi > 0, "ACT": ACTIVATIONS[act], "UPCAST": _upcast(dtype),
-            "BLOCK_M": BLOCK_M, "BLOCK_K": BLOCK_K}
+    c_pad = lo + hi
+    wide = c_pad > 320 or (transposed and (c_pad > 256 or (dtype == torch.float32 and c_pad >= 128)))
+    if not wide:
+        pixels, warps = 64, 8
+    else:
+        pixels = 32
+        warps = 8 if c_pad >= 256 or act in ("gdn", "igdn") or dtype != torch.float32 else 4
+    constexprs = {"C_LO": lo, "C_HI": hi or 16, "HAS_HI": hi > 0, "ACT": ACTIVATIONS[act], "UPCAST": _upcast(dtype),
+                  "BLOCK_M": pixels, "BLOCK_K": BLOCK_K}
+    return constexprs, warps
 
 
 def _k_pad(k: int) -> int:
@@ -115,10 +123,10 @@ def conv_act_nhwc(x: Tensor, w_packed: Tensor, bias: Tensor, cout: int, ks: int,
     m = bsz * ho * wo
     assert w_packed.shape[1] == packed_width(cout)
     beta_p, gamma_t = gdn if gdn is not None else (_dummy(x.device), _dummy(x.device, w_packed.dtype))
-    conv_act_kernel[(triton.cdiv(m, BLOCK_M),)](
+    constexprs, warps = launch_config(cout, act, w_packed.dtype, transposed=False)
+    conv_act_kernel[(triton.cdiv(m, constexprs["BLOCK_M"]),)](
         x, w_packed, bias.detach().float().contiguous(), gamma_t, beta_p, y, h, w, ho, wo, m, cin, cout,
-        KS=ks, STRIDE=stride, PAD=pad, **launch_constexprs(cout, act, w_packed.dtype),
-        num_warps=num_warps(w_packed.shape[1], act, w_packed.dtype))
+        KS=ks, STRIDE=stride, PAD=pad, **constexprs, num_warps=warps)
     return y
 
 
@@ -130,9 +138,10 @@ def deconv_act_nhwc(x: Tensor, w_packed: Tensor, bias: Tensor, cout: int, act: s
     m = bsz * h * w
     assert w_packed.shape[2] == packed_width(cout)
     beta_p, gamma_t = gdn if gdn is not None else (_dummy(x.device), _dummy(x.device, w_packed.dtype))
-    deconv_act_kernel[(triton.cdiv(m, BLOCK_M), 4)](
+    constexprs, warps = launch_config(cout, act, w_packed.dtype, transposed=True)
+    deconv_act_kernel[(triton.cdiv(m, constexprs["BLOCK_M"]), 4)](
         x, w_packed, bias.detach().float().contiguous(), gamma_t, beta_p, y, h, w, m, cin, cout,
-        **launch_constexprs(cout, act, w_packed.dtype), num_warps=num_warps(w_packed.shape[2], act, w_packed.dtype))
+        **constexprs, num_warps=warps)
     return y
 
 

@@ -3,7 +3,7 @@
 ``compile_layer`` builds a kernel exactly as the launchers in ``ops`` would launch it (same
 constexprs, same number of warps) for, by default, sm_90 (H100/H200), and ``resources`` reads
 back what the hardware will be asked for: registers per thread, local-memory stack (spills),
-shared memory. A configuration that spills or needs more shared memory than an SM has would be
+shared memory, and whether the MMAs are Hopper's warpgroup ones (HGMMA) or the older HMMA. A configuration that spills or needs more shared memory than an SM has would be
 slow or fail to launch on the GPU; CI checks every layer of the shipped model sizes this way
 (tests/test_kernels.py), and ``python -m lickd.kernels.resources [--check]`` prints the table.
 Triton's compiler needs ``TRITON_INTERPRET`` unset (the interpreter replaces the kernels).
@@ -23,7 +23,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from .conv_act import conv_act_kernel, deconv_act_kernel
-from .ops import launch_constexprs, num_warps, packed_width
+from .ops import launch_config
 
 #: Model sizes whose layers CI checks: the teachers (CompressAI's two sizes) and students.
 ZOO_SIZES = (("mbt2018-mean", 128, 192), ("mbt2018-mean", 192, 320), ("bmshj2018-hyperprior", 128, 192),
@@ -39,11 +39,14 @@ class Resources:
     stack_bytes: int  # local memory per thread: spills (and dynamic indexing)
     shared_bytes: int
     num_warps: int
+    wgmma: int  # HGMMA instructions (Hopper's warpgroup MMA; 0 = the older, slower HMMA path)
+    mma: int  # HMMA instructions
 
 
 def compile_layer(transposed: bool, cout: int, act: str, dtype: torch.dtype, ks: int = 5, stride: int = 2,
-                  pad: int = 2, arch: int = 90):
-    """The compiled kernel the launcher would run for this layer (input width does not change it)."""
+                  pad: int = 2, arch: int = 90, block_m: int | None = None, warps: int | None = None):
+    """The compiled kernel the launcher would run for this layer (input width does not change it);
+    ``block_m``/``warps`` override the launcher's choice (to explore others)."""
     t = _TRITON_DTYPES[dtype]
     gamma_t = "bf16" if dtype == torch.float16 else t  # as pack_gdn stores it
     signature = {"x_ptr": f"*{t}", "w_ptr": f"*{t}", "bias_ptr": "*fp32", "gamma_t_ptr": f"*{gamma_t}",
@@ -51,18 +54,21 @@ def compile_layer(transposed: bool, cout: int, act: str, dtype: torch.dtype, ks:
     if not transposed:
         signature.update({"HO": "i32", "WO": "i32"})
     signature.update({"M": "i32", "CIN": "i32", "COUT": "i32"})
-    constexprs = launch_constexprs(cout, act, dtype)
+    constexprs, chosen_warps = launch_config(cout, act, dtype, transposed)
     constexprs["UPCAST"] = False  # the GPU path
+    if block_m:
+        constexprs["BLOCK_M"] = block_m
     if not transposed:
         constexprs = {"KS": ks, "STRIDE": stride, "PAD": pad, **constexprs}
     signature.update({k: "constexpr" for k in constexprs})
     kernel = deconv_act_kernel if transposed else conv_act_kernel
     src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps(packed_width(cout), act, dtype)})
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps or chosen_warps})
 
 
 def resources(compiled) -> Resources:
-    """Registers and stack from the cubin (Triton's bundled cuobjdump), shared memory from Triton."""
+    """Registers, stack and the MMA instructions from the cubin (Triton's bundled cuobjdump),
+    shared memory from Triton."""
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kernel.cubin")
@@ -70,11 +76,13 @@ def resources(compiled) -> Resources:
             f.write(compiled.asm["cubin"])
         text = subprocess.run([tool, "--dump-resource-usage", path], capture_output=True, text=True,
                               check=True).stdout
+        sass = subprocess.run([tool, "-sass", path], capture_output=True, text=True, check=True).stdout
     m = re.search(r"REG:(\d+) STACK:(\d+)", text)
     if m is None:
         raise RuntimeError(f"unexpected cuobjdump output: {text[-300:]}")
     return Resources(int(m.group(1)), int(m.group(2)), int(compiled.metadata.shared),
-                     int(compiled.metadata.num_warps))
+                     int(compiled.metadata.num_warps), len(re.findall(r"\bHGMMA\b", sass)),
+                     len(re.findall(r"\bHMMA\b", sass)))
 
 
 def model_layers(architecture: str, N: int, M: int, dtype: torch.dtype) -> list[tuple[str, bool, int, str, int, int, int]]:
@@ -111,7 +119,7 @@ def main(argv=None) -> int:
     limit = MAX_SHARED.get(args.arch, 0)
     print(f"sm_{args.arch}, Triton {triton.__version__}; shared memory limit {limit // 1024} KB")
     print(f"{'model':30s} {'layer':6s} {'kind':7s} {'Cout':>5s} {'act':10s} {'dtype':8s} {'warps':>5s} "
-          f"{'regs':>5s} {'spill B':>8s} {'smem KB':>8s}")
+          f"{'regs':>5s} {'spill B':>8s} {'smem KB':>8s} {'MMA':>6s}")
     seen, bad = {}, 0
     for size in args.sizes.split(","):
         arch, n, m = size.split(":")
@@ -125,8 +133,10 @@ def main(argv=None) -> int:
                 bad += flag
                 print(f"{size:30s} {name:6s} {'deconv' if transposed else f'conv{ks}s{stride}':7s} {cout:5d} "
                       f"{act:10s} {str(dtype)[6:]:8s} {r.num_warps:5d} {r.registers:5d} {r.stack_bytes:8d} "
-                      f"{r.shared_bytes / 1024:8.1f}{'  <-- spills or too much shared memory' if flag else ''}")
-    print(f"{len(seen)} distinct kernels, {bad} layer(s) over the limits")
+                      f"{r.shared_bytes / 1024:8.1f} {'wgmma' if r.wgmma else 'mma':>6s}"
+                      f"{'  <-- spills or too much shared memory' if flag else ''}")
+    wgmma = sum(1 for r in seen.values() if r.wgmma)
+    print(f"{len(seen)} distinct kernels ({wgmma} on Hopper's warpgroup MMA), {bad} layer(s) over the limits")
     return 1 if args.check and bad else 0
 
 
