@@ -5,6 +5,7 @@
 #include <exception>
 #include <mutex>
 #include <string>
+#include <system_error>
 #include <thread>
 
 namespace lickd {
@@ -44,7 +45,13 @@ void parallel_chunks(int64_t n, int threads, Fn fn) {
     }
   };
   std::vector<std::thread> pool;
-  for (int i = 1; i < nt; ++i) pool.emplace_back(worker);
+  for (int i = 1; i < nt; ++i) {
+    try {
+      pool.emplace_back(worker);
+    } catch (const std::system_error&) {  // no more threads: the ones running take every chunk
+      break;
+    }
+  }
   worker();
   for (auto& t : pool) t.join();
   if (error) std::rethrow_exception(error);
