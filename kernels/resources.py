@@ -66,10 +66,18 @@ def compile_layer(transposed: bool, cout: int, act: str, dtype: torch.dtype, ks:
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps or chosen_warps})
 
 
+def cuobjdump() -> str | None:
+    """Triton's bundled cuobjdump (None when this Triton has no NVIDIA backend binaries)."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    return tool if os.access(tool, os.X_OK) else None
+
+
 def resources(compiled) -> Resources:
     """Registers, stack and the MMA instructions from the cubin (Triton's bundled cuobjdump),
     shared memory from Triton."""
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    tool = cuobjdump()
+    if tool is None:
+        raise RuntimeError("Triton's NVIDIA backend has no cuobjdump here")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kernel.cubin")
         with open(path, "wb") as f:
@@ -116,6 +124,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         p.error("unset TRITON_INTERPRET: the interpreter does not compile kernels")
+    if cuobjdump() is None:
+        print("cannot check: Triton's NVIDIA backend has no cuobjdump here")
+        return 3
     limit = MAX_SHARED.get(args.arch, 0)
     print(f"sm_{args.arch}, Triton {triton.__version__}; shared memory limit {limit // 1024} KB")
     print(f"{'model':30s} {'layer':6s} {'kind':7s} {'Cout':>5s} {'act':10s} {'dtype':8s} {'warps':>5s} "

@@ -206,5 +206,7 @@ def test_every_fused_layer_of_the_zoo_sizes_compiles_for_h100_without_spills(tmp
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, "-m", "lickd.kernels.resources", "--check", "--arch", "90"], env=env,
                        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    if r.returncode == 3 and "cannot check" in r.stdout:
+        pytest.skip(r.stdout.strip())
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "layer(s) over the limits" in r.stdout and ", 0 layer(s) over" in r.stdout and r.stdout.count("\n") > 40
