@@ -49,12 +49,13 @@ def ideal_bytes(cdf: torch.Tensor, offset: torch.Tensor, cdf_length: torch.Tenso
     return float((precision - torch.log2(freq.double())).sum()) / 8
 
 
-def synthetic_workload(n_channels, height, width, seed=0):
+def synthetic_workload(n_channels, height, width, scale_max=8.0, seed=0):
     rng = np.random.default_rng(seed)
     n = n_channels * height * width
-    scales = torch.from_numpy(np.exp(rng.uniform(math.log(0.11), math.log(8), n))).float()
+    scales = torch.from_numpy(np.exp(rng.uniform(math.log(0.11), math.log(scale_max), n))).float()
     symbols = torch.round(torch.from_numpy(rng.normal(size=n)).float() * scales).int()
-    return symbols, scales, "synthetic Gaussian-scale latent (no trained weights given)"
+    return symbols, scales, (f"synthetic Gaussian-scale latent, scales log-uniform in [0.11, {scale_max:g}] "
+                             "(no trained weights given)")
 
 
 def model_workload(weights, image):
@@ -106,6 +107,8 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="small workload, few repeats (CI-sized)")
     p.add_argument("--weights", help="trained lickd weights: code the real y of --image")
     p.add_argument("--image", default="../shared/data/kodak/kodim23.png")
+    p.add_argument("--scale-max", type=float, default=8.0,
+                   help="synthetic workload: largest scale (0.3 mimics a low-rate y of a few KB)")
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--json", help="write the numbers here")
     args = p.parse_args(argv)
@@ -114,7 +117,8 @@ def main(argv=None):
     if args.weights:
         symbols, scales, workload = model_workload(args.weights, args.image)
     else:
-        symbols, scales, workload = synthetic_workload(*((64, 16, 24) if args.quick else (320, 32, 48)))
+        symbols, scales, workload = synthetic_workload(*((64, 16, 24) if args.quick else (320, 32, 48)),
+                                                       scale_max=args.scale_max)
     n = symbols.numel()
     rows = []
 
