@@ -52,7 +52,7 @@ measure)
   install_there >> "$LOG" 2>&1
   python3 -m pytest -q -p no:cacheprovider tests/test_rans_cuda.py tests/test_kernels.py tests/test_codec.py \
     tests/test_exact.py 2>&1 | tail -25 | tee -a "$LOG"
-  python3 -m lickd.kernels.resources > "$OUT/resources.txt" 2>&1
+  python3 -m lickd.kernels.resources --split > "$OUT/resources.txt" 2>&1
   python3 benchmarks/bench_rans.py --json "$OUT/rans.json" 2>&1 | tee -a "$LOG"
   python3 benchmarks/bench_kernels.py --json "$OUT/kernels.json" 2>&1 | tail -40 | tee -a "$LOG"
   python3 benchmarks/bench_codec.py --kodak data_carry/kodak --N 64 --M 192 --json "$OUT/codec.json" 2>&1 \

@@ -106,23 +106,58 @@ def _accumulate(a, w_ptr, k, acc_lo, acc_hi, C_LO: tl.constexpr, C_HI: tl.conste
 
 
 @triton.jit
-def conv_act_kernel(x_ptr, w_ptr, bias_ptr, gamma_t_ptr, beta_ptr, y_ptr,
-                    H, W, HO, WO, M, CIN, COUT,
+def _store_partial(acc_lo, acc_hi, ws_ptr, split, M_OUT, out_pix, mask_m,
+                   C_LO: tl.constexpr, C_HI: tl.constexpr, HAS_HI: tl.constexpr):
+    """Split-K: this slice's raw sums into the fp32 workspace [splits, M_OUT, C_TOT]."""
+    C_TOT: tl.constexpr = C_LO + C_HI if HAS_HI else C_LO
+    row = (split * M_OUT + out_pix) * C_TOT
+    tl.store(ws_ptr + row[:, None] + tl.arange(0, C_LO)[None, :], acc_lo, mask=mask_m[:, None])
+    if HAS_HI:
+        tl.store(ws_ptr + row[:, None] + C_LO + tl.arange(0, C_HI)[None, :], acc_hi, mask=mask_m[:, None])
+
+
+@triton.jit
+def splitk_epilogue_kernel(ws_ptr, bias_ptr, gamma_t_ptr, beta_ptr, y_ptr, M_OUT, COUT, SPLITS,
+                           C_LO: tl.constexpr, C_HI: tl.constexpr, HAS_HI: tl.constexpr, ACT: tl.constexpr,
+                           UPCAST: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Split-K, second pass: the slices summed in a fixed order (deterministic), then bias and the
+    activation, as the single-pass kernels do."""
+    C_TOT: tl.constexpr = C_LO + C_HI if HAS_HI else C_LO
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M_OUT
+    acc_lo = tl.zeros((BLOCK_M, C_LO), dtype=tl.float32)
+    acc_hi = tl.zeros((BLOCK_M, C_HI), dtype=tl.float32)
+    for s in range(0, SPLITS):
+        row = (s * M_OUT + offs_m) * C_TOT
+        acc_lo += tl.load(ws_ptr + row[:, None] + tl.arange(0, C_LO)[None, :], mask=mask_m[:, None], other=0.0)
+        if HAS_HI:
+            acc_hi += tl.load(ws_ptr + row[:, None] + C_LO + tl.arange(0, C_HI)[None, :], mask=mask_m[:, None],
+                              other=0.0)
+    _epilogue(acc_lo, acc_hi, bias_ptr, gamma_t_ptr, beta_ptr, y_ptr, offs_m * COUT, mask_m, COUT,
+              C_LO, C_HI, HAS_HI, ACT, UPCAST)
+
+
+@triton.jit
+def conv_act_kernel(x_ptr, w_ptr, bias_ptr, gamma_t_ptr, beta_ptr, y_ptr, ws_ptr,
+                    H, W, HO, WO, M, CIN, COUT, K_SPLIT,
                     KS: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,
                     C_LO: tl.constexpr, C_HI: tl.constexpr, HAS_HI: tl.constexpr, ACT: tl.constexpr,
-                    UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+                    UPCAST: tl.constexpr, SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """y[b, oh, ow, :] = act(sum_{kh, kw, ci} x[b, s*oh - p + kh, s*ow - p + kw, ci] w[(kh, kw, ci), :] + bias).
 
     w is packed [K_PAD, C_TOT] with rows in (kh, kw, ci) order, zero past KS*KS*CIN and COUT.
+    SPLIT: grid column j sums reduction rows [j * K_SPLIT, (j + 1) * K_SPLIT) into the workspace and
+    splitk_epilogue_kernel finishes (for layers too small to fill the GPU).
     """
     offs_m, mask_m, b, oh, ow = _pixel_rows(M, HO, WO, BLOCK_M)
     ih0 = oh * STRIDE - PAD
     iw0 = ow * STRIDE - PAD
     offs_k = tl.arange(0, BLOCK_K)
     kt = KS * KS * CIN
+    k_first = tl.program_id(1) * K_SPLIT
     acc_lo = tl.zeros((BLOCK_M, C_LO), dtype=tl.float32)
     acc_hi = tl.zeros((BLOCK_M, C_HI), dtype=tl.float32)
-    for k0 in range(0, kt, BLOCK_K):
+    for k0 in range(k_first, tl.minimum(kt, k_first + K_SPLIT), BLOCK_K):
         k = k0 + offs_k
         tap = k // CIN
         ci = k - tap * CIN
@@ -133,20 +168,24 @@ def conv_act_kernel(x_ptr, w_ptr, bias_ptr, gamma_t_ptr, beta_ptr, y_ptr,
         valid = mask_m[:, None] & (k < kt)[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         a = tl.load(x_ptr + ((b[:, None] * H + ih) * W + iw) * CIN + ci[None, :], mask=valid, other=0.0)
         acc_lo, acc_hi = _accumulate(a, w_ptr, k, acc_lo, acc_hi, C_LO, C_HI, HAS_HI, UPCAST)
-    _epilogue(acc_lo, acc_hi, bias_ptr, gamma_t_ptr, beta_ptr, y_ptr, offs_m * COUT, mask_m, COUT,
-              C_LO, C_HI, HAS_HI, ACT, UPCAST)
+    if SPLIT:
+        _store_partial(acc_lo, acc_hi, ws_ptr, tl.program_id(1), M, offs_m, mask_m, C_LO, C_HI, HAS_HI)
+    else:
+        _epilogue(acc_lo, acc_hi, bias_ptr, gamma_t_ptr, beta_ptr, y_ptr, offs_m * COUT, mask_m, COUT,
+                  C_LO, C_HI, HAS_HI, ACT, UPCAST)
 
 
 @triton.jit
-def deconv_act_kernel(x_ptr, w_ptr, bias_ptr, gamma_t_ptr, beta_ptr, y_ptr,
-                      H, W, M, CIN, COUT,
+def deconv_act_kernel(x_ptr, w_ptr, bias_ptr, gamma_t_ptr, beta_ptr, y_ptr, ws_ptr,
+                      H, W, M, CIN, COUT, K_SPLIT,
                       C_LO: tl.constexpr, C_HI: tl.constexpr, HAS_HI: tl.constexpr, ACT: tl.constexpr,
-                      UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+                      UPCAST: tl.constexpr, SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """Transposed conv 5x5, stride 2, padding 2, output padding 1, one output phase per grid column.
 
     Phase (py, px) writes y[b, 2*mh + py, 2*mw + px, :]; its tap (th, tw) (th < 3 - py, tw < 3 - px)
     reads x[b, mh + 1 - th, mw + 1 - tw, :] with weight W[ci, co, py + 2*th, px + 2*tw]. w is packed
     [4, 9 * CIN (padded to BLOCK_K), C_TOT] with rows (th, tw, ci), zero for taps a phase lacks.
+    SPLIT: as in conv_act_kernel, with the slice in grid dimension 2.
     """
     phase = tl.program_id(1)
     py = phase // 2
@@ -155,9 +194,10 @@ def deconv_act_kernel(x_ptr, w_ptr, bias_ptr, gamma_t_ptr, beta_ptr, y_ptr,
     offs_k = tl.arange(0, BLOCK_K)
     kt = 9 * CIN
     k_rows = tl.cdiv(kt, BLOCK_K) * BLOCK_K
+    k_first = tl.program_id(2) * K_SPLIT
     acc_lo = tl.zeros((BLOCK_M, C_LO), dtype=tl.float32)
     acc_hi = tl.zeros((BLOCK_M, C_HI), dtype=tl.float32)
-    for k0 in range(0, kt, BLOCK_K):
+    for k0 in range(k_first, tl.minimum(kt, k_first + K_SPLIT), BLOCK_K):
         k = k0 + offs_k
         tap = k // CIN
         ci = k - tap * CIN
@@ -169,6 +209,9 @@ def deconv_act_kernel(x_ptr, w_ptr, bias_ptr, gamma_t_ptr, beta_ptr, y_ptr,
                  & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))
         a = tl.load(x_ptr + ((b[:, None] * H + ih) * W + iw) * CIN + ci[None, :], mask=valid, other=0.0)
         acc_lo, acc_hi = _accumulate(a, w_ptr, phase * k_rows + k, acc_lo, acc_hi, C_LO, C_HI, HAS_HI, UPCAST)
-    out_row = ((b * (2 * H) + 2 * mh + py) * (2 * W) + 2 * mw + px) * COUT
-    _epilogue(acc_lo, acc_hi, bias_ptr, gamma_t_ptr, beta_ptr, y_ptr, out_row, mask_m, COUT,
-              C_LO, C_HI, HAS_HI, ACT, UPCAST)
+    out_pix = (b * (2 * H) + 2 * mh + py) * (2 * W) + 2 * mw + px
+    if SPLIT:
+        _store_partial(acc_lo, acc_hi, ws_ptr, tl.program_id(2), 4 * M, out_pix, mask_m, C_LO, C_HI, HAS_HI)
+    else:
+        _epilogue(acc_lo, acc_hi, bias_ptr, gamma_t_ptr, beta_ptr, y_ptr, out_pix * COUT, mask_m, COUT,
+                  C_LO, C_HI, HAS_HI, ACT, UPCAST)

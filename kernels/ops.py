@@ -19,7 +19,8 @@ import torch.nn.functional as F
 import triton
 from torch import Tensor
 
-from .conv_act import ACT_GDN, ACT_IGDN, ACT_LEAKY, ACT_NONE, ACT_RELU, conv_act_kernel, deconv_act_kernel
+from .conv_act import (ACT_GDN, ACT_IGDN, ACT_LEAKY, ACT_NONE, ACT_RELU, conv_act_kernel, deconv_act_kernel,
+                       splitk_epilogue_kernel)
 
 ACTIVATIONS = {"none": ACT_NONE, "gdn": ACT_GDN, "igdn": ACT_IGDN, "relu": ACT_RELU, "leaky_relu": ACT_LEAKY}
 BLOCK_K = 32
@@ -114,35 +115,76 @@ def _dummy(device, dtype=torch.float32):
     return torch.zeros(16 * 16, dtype=dtype, device=device)
 
 
+def k_splits(programs: int, k_total: int, device: torch.device, dtype: torch.dtype) -> int:
+    """Split-K slices for a layer of ``programs`` output tiles: the small late layers fill less than
+    one wave of the GPU (kernels.md: 14-26 % of roofline), so their reduction is cut into slices
+    until there are about two programs per SM, each slice at least 4 BLOCK_K steps long. 16-bit
+    storage only (the latency path; fp32 slices of some layers would spill on sm_90)."""
+    if device.type != "cuda" or dtype == torch.float32:
+        return 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    if programs >= sms:
+        return 1
+    return max(1, min(8, (2 * sms) // programs, k_total // (4 * BLOCK_K)))
+
+
+def _launch(kernel, grid_m: int, phases: int, m_out: int, args: tuple, k_total: int, cout: int, act: str,
+            out: Tensor, constexprs: dict, warps: int, splits: int, bias: Tensor, gdn, geometry: dict) -> Tensor:
+    """One pass when splits == 1; else the K slices into an fp32 workspace and the epilogue kernel."""
+    beta_p, gamma_t = gdn
+    if splits <= 1:
+        kernel[(grid_m, phases) if phases > 1 else (grid_m,)](
+            *args[:5], out, _dummy(out.device), *args[5:], k_total, **geometry, **constexprs, SPLIT=False,
+            num_warps=warps)
+        return out
+    k_split = triton.cdiv(triton.cdiv(k_total, splits), BLOCK_K) * BLOCK_K
+    splits = triton.cdiv(k_total, k_split)
+    c_tot = constexprs["C_LO"] + (constexprs["C_HI"] if constexprs["HAS_HI"] else 0)
+    ws = torch.empty(splits, m_out, c_tot, dtype=torch.float32, device=out.device)
+    grid = (grid_m, phases, splits) if phases > 1 else (grid_m, splits)
+    kernel[grid](*args[:5], out, ws, *args[5:], k_split, **geometry, **constexprs, SPLIT=True, num_warps=warps)
+    splitk_epilogue_kernel[(triton.cdiv(m_out, constexprs["BLOCK_M"]),)](
+        ws, bias, gamma_t, beta_p, out, m_out, cout, splits, C_LO=constexprs["C_LO"], C_HI=constexprs["C_HI"],
+        HAS_HI=constexprs["HAS_HI"], ACT=constexprs["ACT"], UPCAST=constexprs["UPCAST"],
+        BLOCK_M=constexprs["BLOCK_M"], num_warps=warps)
+    return out
+
+
 def conv_act_nhwc(x: Tensor, w_packed: Tensor, bias: Tensor, cout: int, ks: int, stride: int, pad: int,
-                  act: str, gdn: tuple[Tensor, Tensor] | None = None, out_dtype: torch.dtype | None = None) -> Tensor:
-    """x: [B, H, W, Cin] contiguous -> [B, HO, WO, Cout]."""
+                  act: str, gdn: tuple[Tensor, Tensor] | None = None, out_dtype: torch.dtype | None = None,
+                  splits: int | None = None) -> Tensor:
+    """x: [B, H, W, Cin] contiguous -> [B, HO, WO, Cout]. ``splits``: split-K slices (None: k_splits)."""
     bsz, h, w, cin = x.shape
     ho, wo = (h + 2 * pad - ks) // stride + 1, (w + 2 * pad - ks) // stride + 1
     y = torch.empty(bsz, ho, wo, cout, dtype=out_dtype or x.dtype, device=x.device)
     m = bsz * ho * wo
     assert w_packed.shape[1] == packed_width(cout)
-    beta_p, gamma_t = gdn if gdn is not None else (_dummy(x.device), _dummy(x.device, w_packed.dtype))
+    gdn = gdn if gdn is not None else (_dummy(x.device), _dummy(x.device, w_packed.dtype))
     constexprs, warps = launch_config(cout, act, w_packed.dtype, transposed=False)
-    conv_act_kernel[(triton.cdiv(m, constexprs["BLOCK_M"]),)](
-        x, w_packed, bias.detach().float().contiguous(), gamma_t, beta_p, y, h, w, ho, wo, m, cin, cout,
-        KS=ks, STRIDE=stride, PAD=pad, **constexprs, num_warps=warps)
-    return y
+    grid_m, k_total = triton.cdiv(m, constexprs["BLOCK_M"]), ks * ks * cin
+    bias = bias.detach().float().contiguous()
+    args = (x, w_packed, bias, gdn[1], gdn[0], h, w, ho, wo, m, cin, cout)
+    splits = k_splits(grid_m, k_total, x.device, w_packed.dtype) if splits is None else splits
+    return _launch(conv_act_kernel, grid_m, 1, m, args, k_total, cout, act, y, constexprs, warps, splits, bias, gdn,
+                   {"KS": ks, "STRIDE": stride, "PAD": pad})
 
 
 def deconv_act_nhwc(x: Tensor, w_packed: Tensor, bias: Tensor, cout: int, act: str,
-                    gdn: tuple[Tensor, Tensor] | None = None, out_dtype: torch.dtype | None = None) -> Tensor:
+                    gdn: tuple[Tensor, Tensor] | None = None, out_dtype: torch.dtype | None = None,
+                    splits: int | None = None) -> Tensor:
     """x: [B, H, W, Cin] contiguous -> [B, 2H, 2W, Cout] (transposed conv 5x5/s2, p=2, op=1)."""
     bsz, h, w, cin = x.shape
     y = torch.empty(bsz, 2 * h, 2 * w, cout, dtype=out_dtype or x.dtype, device=x.device)
     m = bsz * h * w
     assert w_packed.shape[2] == packed_width(cout)
-    beta_p, gamma_t = gdn if gdn is not None else (_dummy(x.device), _dummy(x.device, w_packed.dtype))
+    gdn = gdn if gdn is not None else (_dummy(x.device), _dummy(x.device, w_packed.dtype))
     constexprs, warps = launch_config(cout, act, w_packed.dtype, transposed=True)
-    deconv_act_kernel[(triton.cdiv(m, constexprs["BLOCK_M"]), 4)](
-        x, w_packed, bias.detach().float().contiguous(), gamma_t, beta_p, y, h, w, m, cin, cout,
-        **constexprs, num_warps=warps)
-    return y
+    grid_m, k_total = triton.cdiv(m, constexprs["BLOCK_M"]), 9 * cin
+    bias = bias.detach().float().contiguous()
+    args = (x, w_packed, bias, gdn[1], gdn[0], h, w, m, cin, cout)
+    splits = k_splits(4 * grid_m, k_total, x.device, w_packed.dtype) if splits is None else splits
+    return _launch(deconv_act_kernel, grid_m, 4, 4 * m, args, k_total, cout, act, y, constexprs, warps, splits, bias,
+                   gdn, {})
 
 
 # ---------------------------------------------------------------------------- reference

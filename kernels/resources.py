@@ -22,7 +22,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from .conv_act import conv_act_kernel, deconv_act_kernel
+from .conv_act import conv_act_kernel, deconv_act_kernel, splitk_epilogue_kernel
 from .ops import launch_config
 
 #: Model sizes whose layers CI checks: the teachers (CompressAI's two sizes) and students.
@@ -44,24 +44,33 @@ class Resources:
 
 
 def compile_layer(transposed: bool, cout: int, act: str, dtype: torch.dtype, ks: int = 5, stride: int = 2,
-                  pad: int = 2, arch: int = 90, block_m: int | None = None, warps: int | None = None):
-    """The compiled kernel the launcher would run for this layer (input width does not change it);
-    ``block_m``/``warps`` override the launcher's choice (to explore others)."""
+                  pad: int = 2, arch: int = 90, block_m: int | None = None, warps: int | None = None,
+                  part: str = "single"):
+    """The compiled kernel the launcher would run for this layer (input width does not change it):
+    ``part`` "single" (one pass), "slices" (split-K first pass) or "epilogue" (split-K second
+    pass); ``block_m``/``warps`` override the launcher's choice (to explore others)."""
     t = _TRITON_DTYPES[dtype]
     gamma_t = "bf16" if dtype == torch.float16 else t  # as pack_gdn stores it
-    signature = {"x_ptr": f"*{t}", "w_ptr": f"*{t}", "bias_ptr": "*fp32", "gamma_t_ptr": f"*{gamma_t}",
-                 "beta_ptr": "*fp32", "y_ptr": f"*{t}", "H": "i32", "W": "i32"}
-    if not transposed:
-        signature.update({"HO": "i32", "WO": "i32"})
-    signature.update({"M": "i32", "CIN": "i32", "COUT": "i32"})
     constexprs, chosen_warps = launch_config(cout, act, dtype, transposed)
     constexprs["UPCAST"] = False  # the GPU path
     if block_m:
         constexprs["BLOCK_M"] = block_m
-    if not transposed:
-        constexprs = {"KS": ks, "STRIDE": stride, "PAD": pad, **constexprs}
+    if part == "epilogue":
+        del constexprs["BLOCK_K"]
+        signature = {"ws_ptr": "*fp32", "bias_ptr": "*fp32", "gamma_t_ptr": f"*{gamma_t}", "beta_ptr": "*fp32",
+                     "y_ptr": f"*{t}", "M_OUT": "i32", "COUT": "i32", "SPLITS": "i32"}
+        kernel = splitk_epilogue_kernel
+    else:
+        signature = {"x_ptr": f"*{t}", "w_ptr": f"*{t}", "bias_ptr": "*fp32", "gamma_t_ptr": f"*{gamma_t}",
+                     "beta_ptr": "*fp32", "y_ptr": f"*{t}", "ws_ptr": "*fp32", "H": "i32", "W": "i32"}
+        if not transposed:
+            signature.update({"HO": "i32", "WO": "i32"})
+        signature.update({"M": "i32", "CIN": "i32", "COUT": "i32", "K_SPLIT": "i32"})
+        constexprs["SPLIT"] = part == "slices"
+        if not transposed:
+            constexprs = {"KS": ks, "STRIDE": stride, "PAD": pad, **constexprs}
+        kernel = deconv_act_kernel if transposed else conv_act_kernel
     signature.update({k: "constexpr" for k in constexprs})
-    kernel = deconv_act_kernel if transposed else conv_act_kernel
     src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps or chosen_warps})
 
@@ -121,6 +130,7 @@ def main(argv=None) -> int:
     p.add_argument("--arch", type=int, default=90)
     p.add_argument("--sizes", default=",".join(f"{a}:{n}:{m}" for a, n, m in ZOO_SIZES))
     p.add_argument("--check", action="store_true", help="exit 1 when a fused layer spills or overflows shared memory")
+    p.add_argument("--split", action="store_true", help="also the split-K passes of the 16-bit layers (for small layers)")
     args = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         p.error("unset TRITON_INTERPRET: the interpreter does not compile kernels")
@@ -135,17 +145,21 @@ def main(argv=None) -> int:
     for size in args.sizes.split(","):
         arch, n, m = size.split(":")
         for dtype in (torch.bfloat16, torch.float32):
+            parts = ("single", "slices", "epilogue") if args.split and dtype != torch.float32 else ("single",)
             for name, transposed, cout, act, ks, stride, pad in model_layers(arch, int(n), int(m), dtype):
-                key = (transposed, cout, act, dtype, ks, stride, pad)
-                if key not in seen:
-                    seen[key] = resources(compile_layer(transposed, cout, act, dtype, ks, stride, pad, args.arch))
-                r = seen[key]
-                flag = r.stack_bytes > 0 or r.shared_bytes > limit
-                bad += flag
-                print(f"{size:30s} {name:6s} {'deconv' if transposed else f'conv{ks}s{stride}':7s} {cout:5d} "
-                      f"{act:10s} {str(dtype)[6:]:8s} {r.num_warps:5d} {r.registers:5d} {r.stack_bytes:8d} "
-                      f"{r.shared_bytes / 1024:8.1f} {'wgmma' if r.wgmma else 'mma':>6s}"
-                      f"{'  <-- spills or too much shared memory' if flag else ''}")
+                for part in parts:
+                    key = (transposed, cout, act, dtype, ks, stride, pad, part)
+                    if key not in seen:
+                        seen[key] = resources(compile_layer(transposed, cout, act, dtype, ks, stride, pad, args.arch,
+                                                            part=part))
+                    r = seen[key]
+                    flag = r.stack_bytes > 0 or r.shared_bytes > limit
+                    bad += flag
+                    kind = "deconv" if transposed else f"conv{ks}s{stride}"
+                    label = name if part == "single" else f"{name} {part}"
+                    print(f"{size:30s} {label:6s} {kind:7s} {cout:5d} {act:10s} {str(dtype)[6:]:8s} {r.num_warps:5d} "
+                          f"{r.registers:5d} {r.stack_bytes:8d} {r.shared_bytes / 1024:8.1f} "
+                          f"{'wgmma' if r.wgmma else 'mma':>6s}{'  <-- spills or too much shared memory' if flag else ''}")
     wgmma = sum(1 for r in seen.values() if r.wgmma)
     print(f"{len(seen)} distinct kernels ({wgmma} on Hopper's warpgroup MMA), {bad} layer(s) over the limits")
     return 1 if args.check and bad else 0

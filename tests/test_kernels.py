@@ -89,6 +89,28 @@ def test_layer_forward_matches_float64(layer, dtype):
     assert rel(y.cpu(), ref) <= TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("transposed,cin,cout,act,splits", [(False, 24, 40, "gdn", 3), (True, 20, 48, "igdn", 2),
+                                                            (False, 16, 20, "leaky_relu", 4), (True, 12, 3, "none", 5)])
+def test_split_k_matches_float64_and_the_single_pass(transposed, cin, cout, act, splits, dtype):
+    """The small-layer path: reduction slices summed by a second kernel, then the same epilogue."""
+    from lickd.kernels.ops import conv_act_nhwc, deconv_act_nhwc
+    x = torch.randn(random.choice([1, 2]), cin, random.randint(4, 7), random.randint(4, 8), dtype=torch.float64)
+    w, b, beta, gamma = make_layer(transposed, cin, cout, 5, act)
+    ref = reference(x, w, b, transposed=transposed, stride=2, pad=2, act=act, beta=beta, gamma=gamma)
+    packed = (pack_deconv_weight if transposed else pack_conv_weight)(w.to(DEVICE), dtype)
+    gdn = pack_gdn(beta.to(DEVICE), gamma.to(DEVICE), dtype) if beta is not None else None
+    x_nhwc = x.to(DEVICE, dtype).permute(0, 2, 3, 1).contiguous()
+    outs = []
+    for n in (1, splits):
+        if transposed:
+            y = deconv_act_nhwc(x_nhwc, packed, b.to(DEVICE), cout, act, gdn, out_dtype=torch.float32, splits=n)
+        else:
+            y = conv_act_nhwc(x_nhwc, packed, b.to(DEVICE), cout, 5, 2, 2, act, gdn, out_dtype=torch.float32, splits=n)
+        outs.append(y.permute(0, 3, 1, 2).cpu())
+    assert rel(outs[1], ref) <= TOL[dtype] and rel(outs[1], outs[0]) <= TOL[dtype]
+
+
 @pytest.mark.parametrize("transposed,act", [(False, "gdn"), (True, "igdn"), (False, "leaky_relu")])
 def test_layer_backward_matches_float64(transposed, act):
     cin, cout = 12, 20
