@@ -84,10 +84,14 @@ def main(argv=None):
                 inputs = {"g_a": x_img, "g_s": [y + 0.01 * i for i in range(3)],
                           "h_a": [y + 0.01 * i for i in range(3)], "h_s": [z + 0.01 * i for i in range(3)]}
             fused = accelerate(copy.deepcopy(base), dtype=torch.bfloat16, hyper=True)
+            unsplit = accelerate(copy.deepcopy(base), dtype=torch.bfloat16, hyper=True)
+            for t in ("g_a", "g_s", "h_a", "h_s"):
+                getattr(unsplit, t).split_k = False
             variants = {
                 "eager fp32 (TF32)": (base, torch.float32, torch.contiguous_format),
                 "eager bf16 cl": (copy.deepcopy(base).to(torch.bfloat16), torch.bfloat16, torch.channels_last),
                 "lickd fused bf16": (fused, torch.float32, torch.contiguous_format),
+                "lickd fused bf16, no split-K": (unsplit, torch.float32, torch.contiguous_format),
             }
             if not args.no_compile:
                 for mode in ("default", "max-autotune"):

@@ -63,9 +63,10 @@ def kernels_available(x: torch.Tensor) -> bool:
 class FusedSequential(nn.Sequential):
     """``nn.Sequential`` of conv/GDN/ReLU layers with fused execution of each conv + activation."""
 
-    def __init__(self, *layers: nn.Module, dtype: torch.dtype = torch.bfloat16, enabled: bool = True):
+    def __init__(self, *layers: nn.Module, dtype: torch.dtype = torch.bfloat16, enabled: bool = True,
+                 split_k: bool = True):
         super().__init__(*layers)
-        self.dtype, self.enabled = dtype, enabled
+        self.dtype, self.enabled, self.split_k = dtype, enabled, split_k  # split_k: let small layers split
         self._cache: dict = {}
 
     @classmethod
@@ -128,5 +129,6 @@ class FusedSequential(nn.Sequential):
             # written in the caller's dtype directly (one rounding less on y and x_hat).
             last = n == len(steps) - 1
             x = FusedConvActFunction.apply(x, conv.weight, conv.bias, beta, gamma, packed,
-                                           (transposed, stride, pad, act, self.dtype, out_dtype if last else None))
+                                           (transposed, stride, pad, act, self.dtype, out_dtype if last else None,
+                                            None if self.split_k else 1))
         return x.to(out_dtype)

@@ -211,25 +211,27 @@ class FusedConvActFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, beta, gamma, packed, spec):
-        """spec: (transposed, stride, pad, act, compute dtype, output dtype or None = compute dtype)."""
-        transposed, stride, pad, act, dtype, out_dtype = spec
+        """spec: (transposed, stride, pad, act, compute dtype, output dtype or None = compute dtype,
+        split-K slices or None = chosen by k_splits)."""
+        transposed, stride, pad, act, dtype, out_dtype, splits = spec
         ctx.save_for_backward(x, weight, bias, beta, gamma)
         ctx.spec = spec
         x_nhwc = x.permute(0, 2, 3, 1).to(dtype).contiguous()
         gdn = packed["gdn"] if act in ("gdn", "igdn") else None
         cout = weight.shape[1] if transposed else weight.shape[0]
         if transposed:
-            y = deconv_act_nhwc(x_nhwc, packed["w"], bias, cout, act, gdn, out_dtype=out_dtype or dtype)
+            y = deconv_act_nhwc(x_nhwc, packed["w"], bias, cout, act, gdn, out_dtype=out_dtype or dtype,
+                                splits=splits)
         else:
             y = conv_act_nhwc(x_nhwc, packed["w"], bias, cout, weight.shape[-1], stride, pad, act, gdn,
-                              out_dtype=out_dtype or dtype)
+                              out_dtype=out_dtype or dtype, splits=splits)
         # Logical NCHW, physically NHWC (channels_last): no copy.
         return y.permute(0, 3, 1, 2)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, bias, beta, gamma = ctx.saved_tensors
-        transposed, stride, pad, act, _, _ = ctx.spec
+        transposed, stride, pad, act = ctx.spec[:4]
         inputs = [t.detach().requires_grad_(t.requires_grad) if t is not None else None
                   for t in (x, weight, bias, beta, gamma)]
         with torch.enable_grad():

@@ -70,7 +70,7 @@ def run_fused(x, w, b, beta, gamma, transposed, stride, pad, act, dtype):
     if beta is not None:
         packed["gdn"] = pack_gdn(beta.to(DEVICE), gamma.to(DEVICE), dtype)
     args = [t.to(DEVICE, torch.float32) if t is not None else None for t in (x, w, b, beta, gamma)]
-    return FusedConvActFunction.apply(*args, packed, (transposed, stride, pad, act, dtype, torch.float32))
+    return FusedConvActFunction.apply(*args, packed, (transposed, stride, pad, act, dtype, torch.float32, None))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
