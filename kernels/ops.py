@@ -128,7 +128,7 @@ def k_splits(programs: int, k_total: int, device: torch.device, dtype: torch.dty
     return max(1, min(8, (2 * sms) // programs, k_total // (4 * BLOCK_K)))
 
 
-def _launch(kernel, grid_m: int, phases: int, m_out: int, args: tuple, k_total: int, cout: int, act: str,
+def _launch(kernel, grid_m: int, phases: int, m_out: int, args: tuple, k_total: int, cout: int,
             out: Tensor, constexprs: dict, warps: int, splits: int, bias: Tensor, gdn, geometry: dict) -> Tensor:
     """One pass when splits == 1; else the K slices into an fp32 workspace and the epilogue kernel."""
     beta_p, gamma_t = gdn
@@ -165,7 +165,7 @@ def conv_act_nhwc(x: Tensor, w_packed: Tensor, bias: Tensor, cout: int, ks: int,
     bias = bias.detach().float().contiguous()
     args = (x, w_packed, bias, gdn[1], gdn[0], h, w, ho, wo, m, cin, cout)
     splits = k_splits(grid_m, k_total, x.device, w_packed.dtype) if splits is None else splits
-    return _launch(conv_act_kernel, grid_m, 1, m, args, k_total, cout, act, y, constexprs, warps, splits, bias, gdn,
+    return _launch(conv_act_kernel, grid_m, 1, m, args, k_total, cout, y, constexprs, warps, splits, bias, gdn,
                    {"KS": ks, "STRIDE": stride, "PAD": pad})
 
 
@@ -183,7 +183,7 @@ def deconv_act_nhwc(x: Tensor, w_packed: Tensor, bias: Tensor, cout: int, act: s
     bias = bias.detach().float().contiguous()
     args = (x, w_packed, bias, gdn[1], gdn[0], h, w, m, cin, cout)
     splits = k_splits(4 * grid_m, k_total, x.device, w_packed.dtype) if splits is None else splits
-    return _launch(deconv_act_kernel, grid_m, 4, 4 * m, args, k_total, cout, act, y, constexprs, warps, splits, bias,
+    return _launch(deconv_act_kernel, grid_m, 4, 4 * m, args, k_total, cout, y, constexprs, warps, splits, bias,
                    gdn, {})
 
 
