@@ -84,8 +84,14 @@ def main(argv=None):
     variants = [("lickd", "0", False)]
     if device.type == "cuda" and cuda_coder_built():
         variants += [("lickd + CUDA coder", "1", False), ("lickd + CUDA coder + fused", "1", True)]
-    results = {label: lickd_rows(codec, loaded, same, device, cuda_coder, fused)
-               for label, cuda_coder, fused in variants}
+    previous = os.environ.get("LICKD_CUDA_CODER")
+    try:
+        results = {label: lickd_rows(codec, loaded, same, device, cuda_coder, fused)
+                   for label, cuda_coder, fused in variants}
+    finally:  # the caller's choice of coder again
+        os.environ.pop("LICKD_CUDA_CODER", None)
+        if previous is not None:
+            os.environ["LICKD_CUDA_CODER"] = previous
 
     rows = {k: [] for k in ("cai_enc", "cai_dec", "cai_enc_coder", "cai_dec_coder", "cai_bytes")}
     for img in loaded:
