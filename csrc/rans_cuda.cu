@@ -109,9 +109,12 @@ class DeviceBuffer {
     if (!host.empty())
       check(cudaMemcpyAsync(ptr_, host.data(), sizeof(T) * host.size(), cudaMemcpyHostToDevice, stream_), "upload");
   }
-  void download(std::vector<T>& host) const {  // then synchronise the stream before reading host
-    if (!host.empty())
-      check(cudaMemcpyAsync(host.data(), ptr_, sizeof(T) * host.size(), cudaMemcpyDeviceToHost, stream_), "download");
+  // The first n values, once the stream has finished everything queued on it.
+  std::vector<T> fetch(size_t n, const char* what) const {
+    std::vector<T> host(n);
+    if (n) check(cudaMemcpyAsync(host.data(), ptr_, sizeof(T) * n, cudaMemcpyDeviceToHost, stream_), what);
+    check(cudaStreamSynchronize(stream_), what);
+    return host;
   }
   void zero(size_t n) { check(cudaMemsetAsync(ptr_, 0, sizeof(T) * n, stream_), "cudaMemsetAsync"); }
 
@@ -630,7 +633,6 @@ void rans_decode_cuda(const DeviceTables& tables, const std::vector<std::string>
   DeviceBuffer<uint8_t> d_bytes(all.size(), stream);
   DeviceBuffer<ChunkDesc> d_chunks(chunks.size(), stream);
   DeviceBuffer<int32_t> d_status(chunks.size(), stream);
-  std::vector<int32_t> status(chunks.size(), 0);
   d_bytes.upload(all);
   d_chunks.upload(chunks);
   const DecodeTables views{{tables.cdf, tables.lut, reinterpret_cast<const int4*>(tables.rows), int(t.n_tables()),
@@ -648,8 +650,7 @@ void rans_decode_cuda(const DeviceTables& tables, const std::vector<std::string>
         d_bytes.get(), d_chunks.get(), int(chunks.size()), views, d_status.get());
   }
   check(cudaGetLastError(), "decode kernel launch");
-  d_status.download(status);
-  check(cudaStreamSynchronize(stream), "decode");
+  const std::vector<int32_t> status = d_status.fetch(chunks.size(), "decode");
   for (size_t k = 0; k < chunks.size(); ++k)
     if (status[k] != kOk) {
       const std::string where = "stream " + std::to_string(owner[k].first) + " chunk " + std::to_string(owner[k].second);
@@ -696,9 +697,7 @@ std::vector<std::vector<uint8_t>> rans_encode_cuda(const DeviceTables& tables, c
           d_desc.get(), tables.cdf, rows, int(t.n_tables()), P, d_cost.get());
       check(cudaGetLastError(), "estimate kernel launch");
     }
-    std::vector<unsigned long long> sums(n_streams);
-    d_cost.download(sums);
-    check(cudaStreamSynchronize(stream), "size estimate");
+    const std::vector<unsigned long long> sums = d_cost.fetch(n_streams, "size estimate");
     std::copy(sums.begin(), sums.end(), cost.begin());
   }
   std::vector<StreamHeader> headers(n_streams);
@@ -738,9 +737,7 @@ std::vector<std::vector<uint8_t>> rans_encode_cuda(const DeviceTables& tables, c
     LICKD_LAUNCH(encode_scan_kernel, blocks_for_warps(nc), kThreadsPerBlock, 0, stream)(
         d_chunks.get(), int(nc), rows, int(t.n_tables()), d_stats.get(), d_x0.get());
     check(cudaGetLastError(), "encode scan kernel launch");
-    std::vector<ChunkStats> stats(nc);
-    d_stats.download(stats);
-    check(cudaStreamSynchronize(stream), "encode scan");
+    const std::vector<ChunkStats> stats = d_stats.fetch(nc, "encode scan");
     uint64_t head_total = 0;
     for (size_t k = 0; k < nc; ++k) {
       if (stats[k].error) {
@@ -764,9 +761,7 @@ std::vector<std::vector<uint8_t>> rans_encode_cuda(const DeviceTables& tables, c
         d_chunks.get(), d_stats.get(), d_x0.get(), int(nc), tables.cdf, rows, P, d_head.get(), d_words.get(),
         d_n_words.get());
     check(cudaGetLastError(), "encode kernel launch");
-    std::vector<uint32_t> n_words(nc);
-    d_n_words.download(n_words);
-    check(cudaStreamSynchronize(stream), "encode");
+    const std::vector<uint32_t> n_words = d_n_words.fetch(nc, "encode");
     // 4. Compaction into one payload buffer; each stream's header goes in front on the host.
     uint64_t out_total = 0;
     for (size_t k = 0; k < nc; ++k) {
@@ -778,9 +773,7 @@ std::vector<std::vector<uint8_t>> rans_encode_cuda(const DeviceTables& tables, c
     LICKD_LAUNCH(gather_chunks_kernel, blocks_for_warps(nc), kThreadsPerBlock, 0, stream)(
         d_chunks.get(), int(nc), d_head.get(), d_words.get(), d_n_words.get(), d_out.get());
     check(cudaGetLastError(), "gather kernel launch");
-    std::vector<uint8_t> payload(out_total);
-    d_out.download(payload);
-    check(cudaStreamSynchronize(stream), "encode output");
+    const std::vector<uint8_t> payload = d_out.fetch(out_total, "encode output");
     for (size_t i = 0; i < n_streams; ++i) {
       const size_t a = first_chunk[i], b = first_chunk[i + 1];
       for (size_t k = a; k < b; ++k) headers[i].chunk_bytes.push_back(chunks[k].head_bytes + 2 * uint64_t(n_words[k]));
