@@ -4,7 +4,8 @@
 
 For each model width (N x M) and batch, per layer and per whole transform (g_a, g_s, h_a, h_s)
 of mbt2018-mean at 768x512: CompressAI-style eager fp32 (NCHW, TF32 as PyTorch defaults),
-eager bf16 channels-last, torch.compile (default and max-autotune) and lickd fused (bf16), with
+eager bf16 channels-last, torch.compile (default and max-autotune) and lickd fused (bf16: the
+fixed launch rule, without split-K, and autotuned per layer shape by lickd.kernels.autotune), with
 each one's share of the roofline (FLOPs and bytes printed; peak numbers are arguments). Times
 are medians of CUDA-event timings after warm-up (triton.testing.do_bench), inputs rotated
 between calls. Also prints the relative L2 error of each variant against a float64 reference.
@@ -12,6 +13,7 @@ between calls. Also prints the relative L2 error of each variant against a float
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import sys
@@ -45,6 +47,7 @@ def main(argv=None):
     p.add_argument("--peak-tbps", type=float, default=3.35, help="HBM bandwidth (H100 SXM: 3.35)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
     p.add_argument("--quick", action="store_true", help="one size, batch 1, no compile")
+    p.add_argument("--autotune-cache", help="the autotuned variant's cache (default: lickd's, ~/.cache/lickd)")
     p.add_argument("--json")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -54,6 +57,7 @@ def main(argv=None):
     from triton.testing import do_bench
 
     from lickd import accelerate
+    from lickd.kernels.autotune import autotuning
     from lickd.provenance import environment
     from lickd.models import build_model
 
@@ -92,6 +96,8 @@ def main(argv=None):
                 "eager bf16 cl": (copy.deepcopy(base).to(torch.bfloat16), torch.bfloat16, torch.channels_last),
                 "lickd fused bf16": (fused, torch.float32, torch.contiguous_format),
                 "lickd fused bf16, no split-K": (unsplit, torch.float32, torch.contiguous_format),
+                # Same module as "lickd fused bf16", launched with configs measured per layer shape.
+                "lickd fused bf16, autotuned": (fused, torch.float32, torch.contiguous_format),
             }
             if not args.no_compile:
                 for mode in ("default", "max-autotune"):
@@ -119,7 +125,8 @@ def main(argv=None):
                 for name, (model, dtype, fmt) in variants.items():
                     module = getattr(model, t)
                     ins = [i.to(dtype).contiguous(memory_format=fmt) for i in inputs[t]]
-                    with torch.no_grad():
+                    tuned = autotuning(args.autotune_cache) if name.endswith("autotuned") else contextlib.nullcontext()
+                    with torch.no_grad(), tuned:
                         try:
                             out = module(ins[0])
                             err = float((out.double() - ref).norm() / ref.norm())

@@ -1,6 +1,10 @@
 """Entropy-coder throughput and rate: lickd's rANS against CompressAI's on the same symbols.
 
     python benchmarks/bench_rans.py [--quick] [--weights FILE --image IMG] [--json out.json]
+    python benchmarks/bench_rans.py --weights FILE --files DIR [--json out.json]
+
+--files: the rate overhead of whole .lkd files over a folder of images (bytes of the files and of
+their streams against the ideal code length of y and z under the model's own tables), no timing.
 
 Workload: the latent y of a trained model on a Kodak image when --weights is given (real
 symbols, indexes and CDFs); otherwise a synthetic Gaussian-scale workload shaped like
@@ -76,6 +80,55 @@ def model_workload(weights, image):
     return symbols.reshape(-1), scales.reshape(-1), f"y of {codec.name} on {os.path.basename(image)}"
 
 
+def file_overhead(weights, directory):
+    """Per image: .lkd file bytes, stream bytes and the ideal -sum log2 p of y and z (the
+    model's own tables, the exact entropy parameters the codec uses)."""
+    from PIL import Image
+
+    from lickd import StudentCodec
+    from lickd.image import pad_to_multiple, to_tensor
+
+    codec = StudentCodec.from_file(weights, device="cpu")
+    model = codec.model
+    if not hasattr(model, "gaussian_conditional"):
+        raise SystemExit("--files needs a hyperprior model (y and z streams)")
+    eb, gc = model.entropy_bottleneck, model.gaussian_conditional
+    rows = []
+    paths = sorted(p for p in os.listdir(directory) if p.lower().endswith((".png", ".jpg", ".jpeg", ".ppm")))
+    for name in paths:
+        image = Image.open(os.path.join(directory, name)).convert("RGB")
+        data = codec.compress(image)
+        with torch.inference_mode():
+            x = pad_to_multiple(to_tensor(image)[0], model.downsampling_factor)
+            coded = model.compress(x, bare=True)
+            y = model.g_a(x)
+            z = model._hyper_analysis(y)
+            medians = eb.expanded_medians(1, 2)
+            z_sym = eb.quantize(z, "symbols", medians)
+            z_idx = eb._build_indexes(z.size(), z.device)
+            scales, means = model._coding_params(eb.quantize(z, "dequantize", medians))
+            y_sym = gc.quantize(y, "symbols", means)
+            y_idx = gc.build_indexes(scales)
+        ideal = (ideal_bytes(gc._quantized_cdf, gc._offset, gc._cdf_length, y_sym.reshape(-1), y_idx.reshape(-1),
+                             gc.table_precision())
+                 + ideal_bytes(eb._quantized_cdf, eb._offset, eb._cdf_length, z_sym.reshape(-1), z_idx.reshape(-1),
+                               eb.table_precision()))
+        streams = sum(len(s) for strings in coded["strings"] for s in strings)
+        rows.append({"image": name, "pixels": image.width * image.height, "file_bytes": len(data),
+                     "stream_bytes": streams, "ideal_bytes": ideal})
+    return codec.name, rows
+
+
+def print_file_overhead(name, rows):
+    print(f"{name}: whole .lkd files vs the ideal code length of y and z")
+    print(f"{'image':14s} {'bpp':>7s} {'file B':>8s} {'ideal B':>10s} {'streams':>9s} {'file':>9s}")
+    for r in rows + [{"image": "all", **{k: sum(r[k] for r in rows) for k in
+                                         ("pixels", "file_bytes", "stream_bytes", "ideal_bytes")}}]:
+        print(f"{r['image']:14s} {8 * r['file_bytes'] / r['pixels']:7.4f} {r['file_bytes']:8,d} "
+              f"{r['ideal_bytes']:10,.1f} {100 * (r['stream_bytes'] / r['ideal_bytes'] - 1):+8.3f}% "
+              f"{100 * (r['file_bytes'] / r['ideal_bytes'] - 1):+8.3f}%")
+
+
 def cuda_rows(tables, symbols, indexes, ideal, repeats):
     """lickd's CUDA coder on one stream and on a batch of 64 (symbols already on the GPU; times
     include the bytes' copy to or from the host, as the API returns and takes host bytes)."""
@@ -107,12 +160,23 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="small workload, few repeats (CI-sized)")
     p.add_argument("--weights", help="trained lickd weights: code the real y of --image")
     p.add_argument("--image", default="../shared/data/kodak/kodim23.png")
+    p.add_argument("--files", metavar="DIR",
+                   help="with --weights: rate overhead of whole .lkd files over the images in DIR (no timing)")
     p.add_argument("--scale-max", type=float, default=8.0,
                    help="synthetic workload: largest scale (0.3 mimics a low-rate y of a few KB)")
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--json", help="write the numbers here")
     args = p.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 10)
+    if args.files:
+        if not args.weights:
+            p.error("--files needs --weights")
+        name, rows = file_overhead(args.weights, args.files)
+        print_file_overhead(name, rows)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"model": name, "files": rows, "environment": environment()}, f, indent=2)
+        return 0
 
     if args.weights:
         symbols, scales, workload = model_workload(args.weights, args.image)

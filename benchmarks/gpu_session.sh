@@ -54,7 +54,7 @@ measure)
     tests/test_exact.py 2>&1 | tail -25 | tee -a "$LOG"
   python3 -m lickd.kernels.resources --split > "$OUT/resources.txt" 2>&1
   python3 benchmarks/bench_rans.py --json "$OUT/rans.json" 2>&1 | tee -a "$LOG"
-  python3 benchmarks/bench_kernels.py --json "$OUT/kernels.json" 2>&1 | tail -40 | tee -a "$LOG"
+  python3 benchmarks/bench_kernels.py --autotune-cache "$OUT/autotune.json" --json "$OUT/kernels.json" 2>&1 | tail -40 | tee -a "$LOG"
   python3 benchmarks/bench_codec.py --kodak data_carry/kodak --N 64 --M 192 --json "$OUT/codec.json" 2>&1 \
     | tee -a "$LOG"
   python3 benchmarks/bench_train.py --data data_carry/train --json "$OUT/train.json" 2>&1 | tee -a "$LOG"

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import triton
 from torch import Tensor
 
+from .autotune import Config, active_autotuner
 from .conv_act import (ACT_GDN, ACT_IGDN, ACT_LEAKY, ACT_NONE, ACT_RELU, conv_act_kernel, deconv_act_kernel,
                        splitk_epilogue_kernel)
 
@@ -129,25 +130,59 @@ def k_splits(programs: int, k_total: int, device: torch.device, dtype: torch.dty
 
 
 def _launch(kernel, grid_m: int, phases: int, m_out: int, args: tuple, k_total: int, cout: int,
-            out: Tensor, constexprs: dict, warps: int, splits: int, bias: Tensor, gdn, geometry: dict) -> Tensor:
-    """One pass when splits == 1; else the K slices into an fp32 workspace and the epilogue kernel."""
+            out: Tensor, constexprs: dict, warps: int, splits: int, bias: Tensor, gdn, geometry: dict) -> list:
+    """One pass when splits == 1; else the K slices into an fp32 workspace and the epilogue kernel.
+    Returns the compiled kernels it launched (the autotuner reads their register spills)."""
     beta_p, gamma_t = gdn
     if splits <= 1:
-        kernel[(grid_m, phases) if phases > 1 else (grid_m,)](
+        return [kernel[(grid_m, phases) if phases > 1 else (grid_m,)](
             *args[:5], out, _dummy(out.device), *args[5:], k_total, **geometry, **constexprs, SPLIT=False,
-            num_warps=warps)
-        return out
+            num_warps=warps)]
     k_split = triton.cdiv(triton.cdiv(k_total, splits), BLOCK_K) * BLOCK_K
     splits = triton.cdiv(k_total, k_split)
     c_tot = constexprs["C_LO"] + (constexprs["C_HI"] if constexprs["HAS_HI"] else 0)
     ws = torch.empty(splits, m_out, c_tot, dtype=torch.float32, device=out.device)
     grid = (grid_m, phases, splits) if phases > 1 else (grid_m, splits)
-    kernel[grid](*args[:5], out, ws, *args[5:], k_split, **geometry, **constexprs, SPLIT=True, num_warps=warps)
-    splitk_epilogue_kernel[(triton.cdiv(m_out, constexprs["BLOCK_M"]),)](
+    main = kernel[grid](*args[:5], out, ws, *args[5:], k_split, **geometry, **constexprs, SPLIT=True,
+                        num_warps=warps)
+    epilogue = splitk_epilogue_kernel[(triton.cdiv(m_out, constexprs["BLOCK_M"]),)](
         ws, bias, gamma_t, beta_p, out, m_out, cout, splits, C_LO=constexprs["C_LO"], C_HI=constexprs["C_HI"],
         HAS_HI=constexprs["HAS_HI"], ACT=constexprs["ACT"], UPCAST=constexprs["UPCAST"],
         BLOCK_M=constexprs["BLOCK_M"], num_warps=warps)
-    return out
+    return [main, epilogue]
+
+
+def _configured_launch(kernel, shape_key: str, phases: int, m: int, args: tuple, k_total: int, cout: int,
+                       out: Tensor, act: str, transposed: bool, splits: int | None, bias: Tensor, gdn,
+                       geometry: dict) -> None:
+    """Launches with ``launch_config`` and ``k_splits`` (``splits`` fixes the slices), or with the
+    config the active autotuner measured for this shape (kernels/autotune.py)."""
+    dtype = args[1].dtype  # the packed weights' storage dtype
+    constexprs, warps = launch_config(cout, act, dtype, transposed)
+
+    def grid_m(block_m: int) -> int:
+        return triton.cdiv(m, block_m)
+
+    def slices(block_m: int) -> int:
+        return k_splits(phases * grid_m(block_m), k_total, out.device, dtype) if splits is None else splits
+
+    def run(cfg: Config) -> list:
+        return _launch(kernel, grid_m(cfg.block_m), phases, phases * m, args, k_total, cout, out,
+                       {**constexprs, "BLOCK_M": cfg.block_m}, cfg.warps, cfg.splits, bias, gdn, geometry)
+
+    default = Config(constexprs["BLOCK_M"], warps, slices(constexprs["BLOCK_M"]))
+    tuner = active_autotuner()
+    if tuner is None:
+        run(default)
+        return
+    candidates = [default]
+    for block_m in (64, 32):
+        for w in (8, 4):
+            candidates.append(Config(block_m, w, slices(block_m)))
+            if splits is None:
+                candidates.append(Config(block_m, w, 1))
+    key = f"{shape_key} {act} {str(dtype).replace('torch.', '')} splits={'auto' if splits is None else splits}"
+    run(tuner.choose(out.device, key, candidates, run))
 
 
 def conv_act_nhwc(x: Tensor, w_packed: Tensor, bias: Tensor, cout: int, ks: int, stride: int, pad: int,
@@ -160,13 +195,11 @@ def conv_act_nhwc(x: Tensor, w_packed: Tensor, bias: Tensor, cout: int, ks: int,
     m = bsz * ho * wo
     assert w_packed.shape[1] == packed_width(cout)
     gdn = gdn if gdn is not None else (_dummy(x.device), _dummy(x.device, w_packed.dtype))
-    constexprs, warps = launch_config(cout, act, w_packed.dtype, transposed=False)
-    grid_m, k_total = triton.cdiv(m, constexprs["BLOCK_M"]), ks * ks * cin
     bias = bias.detach().float().contiguous()
     args = (x, w_packed, bias, gdn[1], gdn[0], h, w, ho, wo, m, cin, cout)
-    splits = k_splits(grid_m, k_total, x.device, w_packed.dtype) if splits is None else splits
-    return _launch(conv_act_kernel, grid_m, 1, m, args, k_total, cout, y, constexprs, warps, splits, bias, gdn,
-                   {"KS": ks, "STRIDE": stride, "PAD": pad})
+    _configured_launch(conv_act_kernel, f"conv{ks}/s{stride}/p{pad} {bsz}x{h}x{w}x{cin}->{cout}", 1, m, args,
+                       ks * ks * cin, cout, y, act, False, splits, bias, gdn, {"KS": ks, "STRIDE": stride, "PAD": pad})
+    return y
 
 
 def deconv_act_nhwc(x: Tensor, w_packed: Tensor, bias: Tensor, cout: int, act: str,
@@ -178,13 +211,11 @@ def deconv_act_nhwc(x: Tensor, w_packed: Tensor, bias: Tensor, cout: int, act: s
     m = bsz * h * w
     assert w_packed.shape[2] == packed_width(cout)
     gdn = gdn if gdn is not None else (_dummy(x.device), _dummy(x.device, w_packed.dtype))
-    constexprs, warps = launch_config(cout, act, w_packed.dtype, transposed=True)
-    grid_m, k_total = triton.cdiv(m, constexprs["BLOCK_M"]), 9 * cin
     bias = bias.detach().float().contiguous()
     args = (x, w_packed, bias, gdn[1], gdn[0], h, w, m, cin, cout)
-    splits = k_splits(4 * grid_m, k_total, x.device, w_packed.dtype) if splits is None else splits
-    return _launch(deconv_act_kernel, grid_m, 4, 4 * m, args, k_total, cout, y, constexprs, warps, splits, bias,
-                   gdn, {})
+    _configured_launch(deconv_act_kernel, f"deconv5/s2 {bsz}x{h}x{w}x{cin}->{cout}", 4, m, args, 9 * cin, cout, y,
+                       act, True, splits, bias, gdn, {})
+    return y
 
 
 # ---------------------------------------------------------------------------- reference

@@ -23,6 +23,30 @@ def test_bench_rans_quick_json(tmp_path):
     assert "Msym/s" in r.stdout
 
 
+def test_bench_rans_file_overhead(tmp_path, weights_files):
+    """--files: per image, the .lkd file holds the streams plus a header, and the streams cost a
+    little more than the ideal code length (never less: rANS cannot beat -sum log2 p)."""
+    import numpy as np
+    from PIL import Image
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng()
+    for i, (h, w) in enumerate([(64, 96), (100, 70)]):
+        smooth = np.cumsum(rng.normal(0, 8, (h, w, 3)), axis=1)
+        Image.fromarray(np.clip(128 + smooth, 0, 255).astype(np.uint8)).save(images / f"{i}.png")
+    (images / "notes.txt").write_text("not an image")
+    out = tmp_path / "files.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_rans.py"), "--files", str(images),
+                        "--weights", str(weights_files["bmshj2018-hyperprior"]), "--json", str(out)],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(out.read_text())["files"]
+    assert [row["image"] for row in rows] == ["0.png", "1.png"]
+    for row in rows:
+        assert row["ideal_bytes"] <= row["stream_bytes"] < row["file_bytes"]
+    assert "all" in r.stdout
+
+
 def test_bench_train_quick_json(tmp_path):
     import numpy as np
     from PIL import Image

@@ -4,6 +4,7 @@ Without a GPU they run under Triton's CPU interpreter (TRITON_INTERPRET=1, set i
 before Triton is imported) on small shapes; with a GPU the same tests run the compiled kernels
 and add full-size cases.
 """
+import json
 import random
 
 import pytest
@@ -232,3 +233,66 @@ def test_every_fused_layer_of_the_zoo_sizes_compiles_for_h100_without_spills(tmp
         pytest.skip(r.stdout.strip())
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "layer(s) over the limits" in r.stdout and ", 0 layer(s) over" in r.stdout and r.stdout.count("\n") > 40
+
+
+def test_autotuner_picks_the_fastest_config_caches_it_and_reads_it_back(tmp_path):
+    """The tuned launch (here the fake timer makes 32 pixels x 4 warps fastest) still computes the
+    layer; the choice lands in the cache under this device and Triton version, and a new process
+    (a new Autotuner on the same file) launches it without timing anything."""
+    from lickd.kernels import autotune
+    from lickd.kernels.ops import conv_act_nhwc
+    cache = tmp_path / "autotune.json"
+    timed = []
+
+    def fake_timer(run, cfg):
+        run()
+        timed.append(cfg)
+        return 1.0 if (cfg.block_m, cfg.warps) == (32, 4) else 2.0 + cfg.block_m / 64
+
+    x = torch.randn(1, 24, random.randint(5, 8), random.randint(5, 9), dtype=torch.float64)
+    w, b, beta, gamma = make_layer(False, 24, 40, 5, "gdn")
+    ref = reference(x, w, b, transposed=False, stride=2, pad=2, act="gdn", beta=beta, gamma=gamma)
+    packed = pack_conv_weight(w.to(DEVICE), torch.float32)
+    gdn = pack_gdn(beta.to(DEVICE), gamma.to(DEVICE), torch.float32)
+    x_nhwc = x.to(DEVICE, torch.float32).permute(0, 2, 3, 1).contiguous()
+
+    def layer():
+        return conv_act_nhwc(x_nhwc, packed, b.to(DEVICE), 40, 5, 2, 2, "gdn", gdn).permute(0, 3, 1, 2).cpu()
+
+    try:
+        autotune.enable_autotune(cache, timer=fake_timer)
+        assert rel(layer(), ref) <= TOL[torch.float32]
+        assert {(c.block_m, c.warps) for c in timed} == {(64, 8), (64, 4), (32, 8), (32, 4)}
+        doc = json.loads(cache.read_text())
+        (device, shapes), = doc["devices"].items()
+        assert device == autotune.device_key(torch.device(DEVICE)) and triton.__version__ in device
+        (key, entry), = shapes.items()
+        assert "conv5/s2/p2" in key and "->40 gdn float32" in key
+        assert (entry["block_m"], entry["warps"]) == (32, 4)
+
+        def no_timing(run, cfg):
+            raise AssertionError("a cached shape must not be timed again")
+
+        autotune.enable_autotune(cache, timer=no_timing)
+        assert rel(layer(), ref) <= TOL[torch.float32]
+    finally:
+        autotune.disable_autotune()
+
+
+def test_autotuner_skips_spilling_candidates_and_survives_a_damaged_cache(tmp_path):
+    from lickd.kernels.autotune import Autotuner, Config
+    cache = tmp_path / "autotune.json"
+    cache.write_text('{"version": 1, "devices": {"x": {"k": {"block_m": "not a number"}}}}')
+    with pytest.warns(UserWarning, match="ignoring the autotune cache"):
+        tuner = Autotuner(cache, timer=lambda run, cfg: float(cfg.block_m))  # smaller = faster
+
+    class Compiled:
+        def __init__(self, spills):
+            self.n_spills = spills
+
+    fast_but_spills, slow = Config(16, 4, 1), Config(64, 8, 1)
+    launch = lambda cfg: [Compiled(64 if cfg == fast_but_spills else 0)]  # noqa: E731
+    assert tuner.choose(torch.device("cpu"), "layer", [slow, fast_but_spills], launch) == slow
+    assert Autotuner(cache).cached(torch.device("cpu"), "layer") == slow
+    with pytest.raises(RuntimeError, match="spills"):
+        tuner.choose(torch.device("cpu"), "other", [fast_but_spills], launch)
