@@ -211,3 +211,27 @@ def test_bench_stages_of_every_architecture_with_exact_entropy_parameters(arch, 
     r = benchmark(codec, np.random.default_rng().integers(0, 256, (64, 64, 3), dtype=np.uint8), repeats=1, warmup=0)
     assert set(r["latency_ms"]["encode"]) == stages | {"entropy coding", "total"}
     assert set(r["latency_ms"]["decode"]) == (stages - {"g_a", "h_a"}) | {"g_s", "entropy coding", "total"}
+
+
+def test_lickd_eval_through_the_fused_kernels_stays_within_a_hair_of_the_reference(capsys, tmp_path, weights_files):
+    """--fused runs g_a/g_s through lickd.kernels (the interpreter here): bf16 storage changes the
+    files a little (so the fused path did run), the RD point barely moves."""
+    pytest.importorskip("triton")
+    folder = tmp_path / "img"
+    folder.mkdir()
+    yy, xx = np.mgrid[0:64, 0:80]
+    img = 128 + 90 * np.sin(xx[..., None] / 5 + np.arange(3)) * np.cos(yy[..., None] / 7)
+    noise = np.random.default_rng().normal(0, 6, img.shape)
+    Image.fromarray(np.clip(img + noise, 0, 255).astype(np.uint8)).save(folder / "a.png")
+    w = weights_files["mbt2018-mean"]
+    docs = {}
+    for fused in (None, "bf16"):
+        out = tmp_path / f"{fused}.json"
+        _run(capsys, "eval", folder, "--weights", w, "--device", "cpu", "-o", out, "--quiet",
+             *(["--fused", fused] if fused else []))
+        docs[fused] = json.loads(out.read_text())
+    assert "fused kernels bf16" in docs["bf16"]["description"]
+    ref, fused = (docs[k]["per_image"][0]["images"] for k in (None, "bf16"))
+    assert any(ref[f]["psnr-rgb"] != fused[f]["psnr-rgb"] or ref[f]["bytes"] != fused[f]["bytes"] for f in ref)
+    assert docs["bf16"]["results"]["psnr-rgb"][0] == pytest.approx(docs[None]["results"]["psnr-rgb"][0], abs=0.1)
+    assert docs["bf16"]["results"]["bpp"][0] == pytest.approx(docs[None]["results"]["bpp"][0], rel=0.02)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from PIL import Image, features
@@ -81,15 +82,17 @@ class PillowCodec:
 class LickdCodec:
     """A lickd StudentCodec; payload bytes exclude the .lkd header and CRCs."""
 
-    def __init__(self, codec):
+    def __init__(self, codec, fused: Optional[str] = None):
         self.codec = codec
+        self.fused = fused  # storage dtype of lickd.accelerate'd transforms, or None
         self.quality = codec.info.quality
         self.name = f"lickd {codec.info.name}"
 
     def description(self) -> str:
         i = self.codec.info
         return (f"lickd {i.name}@{i.short_hash}: {i.architecture} N={i.N} M={i.M} lambda={i.lmbda} "
-                f"({i.metric}), device {self.codec.device.type}")
+                f"({i.metric}), device {self.codec.device.type}"
+                + (f", g_a/g_s fused kernels {self.fused}" if self.fused else ""))
 
     def encode(self, img: np.ndarray) -> Encoded:
         from ..container import parse

@@ -56,7 +56,15 @@ def cmd_eval(args) -> None:
 
             entries = zoo.registry() or [zoo.find()]  # find() raises the registry-empty error
             codecs = [StudentCodec.from_pretrained(f"{e.name}@{e.sha256}", device=args.device) for e in entries]
-        points = [LickdCodec(c) for c in codecs]
+        if args.fused:
+            import torch
+
+            from .. import accelerate
+
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.fused]
+            for c in codecs:
+                accelerate(c.model, dtype=dtype)
+        points = [LickdCodec(c, fused=args.fused) for c in codecs]
         name = args.name or points[0].name
         description = "; ".join(p.description() for p in points)
     doc = evaluate(points, images, name=args.name or name, description=description, progress=not args.quiet,
@@ -179,6 +187,9 @@ def add_commands(sub) -> None:
     e.add_argument("--subsampling", choices=["default", "444"], default="default",
                    help="chroma subsampling of the classical codecs (default: the encoder's own, 4:2:0)")
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    e.add_argument("--fused", choices=["bf16", "fp16", "fp32"],
+                   help="lickd: g_a/g_s through the fused Triton kernels in this storage dtype (GPUs, or "
+                        "TRITON_INTERPRET=1 on CPUs)")
     e.add_argument("--name", help="curve name in the JSON")
     e.add_argument("--limit", type=int, help="only the first N images (quick runs)")
     e.add_argument("-o", "--output", help="result JSON (default: stdout)")
