@@ -5,6 +5,11 @@
 For every curve: BD-rate and BD-PSNR against the anchor (pchip, over the overlapping range),
 PSNR interpolated at 0.25 / 0.5 / 1.0 bpp (pchip in log-rate, inside the measured range), and
 the median encode/decode times, all read from the result files (nothing is re-measured).
+
+Single-point results (one trained model each, e.g. a student and its no-KD control) get a second
+table: bpp, PSNR, MS-SSIM, the anchor's PSNR at the same bpp, and with ``--lmbda`` the mean
+rate-distortion cost bpp + lambda * 255^2 * MSE over the images (the training objective, so
+models trained for the same lambda compare on it even when they land at different rates).
 """
 import argparse
 import json
@@ -31,11 +36,32 @@ def psnr_at(bpps, psnrs, target):
     return float(np.interp(t, x, y))
 
 
+def rd_cost(per_image: dict, lmbda: float) -> float:
+    """Mean over images of bpp + lambda * 255^2 * MSE (MSE of [0, 1] pixels = 10^(-PSNR / 10))."""
+    return float(np.mean([v["bpp"] + lmbda * 255**2 * 10 ** (-v["psnr-rgb"] / 10) for v in per_image.values()]))
+
+
+def print_points(points: dict, anchor: str, ra: dict, lmbda) -> None:
+    head = (f"| model | bpp | PSNR | MS-SSIM | {anchor} PSNR at that bpp | vs {anchor} |"
+            + (f" RD cost (lambda={lmbda:g}) |" if lmbda else "") + " enc ms | dec ms |")
+    print("\n" + head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for name, (f, r) in sorted(points.items(), key=lambda kv: kv[1][1]["bpp"][0]):
+        bpp, psnr = r["bpp"][0], r["psnr-rgb"][0]
+        ref = psnr_at(ra["bpp"], ra["psnr-rgb"], bpp)
+        vs = "–" if ref is None else f"{psnr - ref:+.2f} dB"
+        cost = f" {rd_cost(json.loads(f.read_text())['per_image'][0]['images'], lmbda):.4f} |" if lmbda else ""
+        print(f"| {name} | {bpp:.4f} | {psnr:.2f} dB | {r['ms-ssim-rgb'][0]:.4f} | "
+              f"{'–' if ref is None else f'{ref:.2f} dB'} | {vs} |{cost} {1e3 * np.median(r['encoding_time']):.1f} | "
+              f"{1e3 * np.median(r['decoding_time']):.1f} |")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folder")
     p.add_argument("--anchor", default="JPEG")
     p.add_argument("--plot", help="write the RD plot here")
+    p.add_argument("--lmbda", type=float, help="single-point table: also the mean RD cost at this lambda")
     args = p.parse_args(argv)
     files = sorted(Path(args.folder).glob("*.json"))
     curves = {load_results(f)["name"]: (f, load_results(f)["results"]) for f in files}
@@ -48,13 +74,18 @@ def main(argv=None):
     head = "| codec | BD-rate | BD-PSNR | " + " | ".join(f"PSNR @ {r} bpp" for r in RATES) + " | enc ms | dec ms |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
+    points = {name: c for name, c in curves.items() if len(c[1]["bpp"]) == 1}
     for name, (_, r) in sorted(curves.items(), key=lambda kv: kv[0] != args.anchor):
+        if name in points:
+            continue
         bdr = bd_rate(ra["bpp"], ra["psnr-rgb"], r["bpp"], r["psnr-rgb"])
         bdp = bd_psnr(ra["bpp"], ra["psnr-rgb"], r["bpp"], r["psnr-rgb"])
         at = [psnr_at(r["bpp"], r["psnr-rgb"], t) for t in RATES]
         cells = " | ".join("–" if v is None else f"{v:.2f} dB" for v in at)
         print(f"| {name} | {bdr:+.1f} % | {bdp:+.2f} dB | {cells} | {1e3 * np.median(r['encoding_time']):.1f} | "
               f"{1e3 * np.median(r['decoding_time']):.1f} |")
+    if points:
+        print_points(points, args.anchor, ra, args.lmbda)
     if args.plot:
         plot_rd([f for f, _ in curves.values()], args.plot, title="Kodak")
         print(f"\n(plot: {args.plot})")
