@@ -293,3 +293,11 @@ def test_bf16_autocast_step_keeps_entropy_models_in_fp32(tmp_path, train_dir):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = trainer.model(trainer.sampler.next())
     assert all(v.dtype == torch.float32 for v in out["likelihoods"].values())
+
+
+@pytest.mark.parametrize("name", ["teacher", "student", "cpu-pilot"])
+def test_the_configs_the_readme_uses_load_and_are_what_they_say(name):
+    cfg = load_config(str(Path(__file__).resolve().parents[1] / "configs" / f"{name}.toml"), ("kd.teacher=t.safetensors",))
+    assert cfg.architecture == "bmshj2018-hyperprior" and cfg.M == 192
+    assert cfg.N == (128 if name == "teacher" else 64)
+    assert cfg.distilling and cfg.kd.y + cfg.kd.x + cfg.kd.rd == pytest.approx(1.0)
