@@ -1,6 +1,9 @@
 """Summarises committed RD results: a Markdown table for the README and an RD plot.
 
     python benchmarks/report.py benchmarks/results/kodak/amd-epyc-2vcpu [--anchor JPEG] [--plot rd.png]
+    python benchmarks/report.py benchmarks/results/kodak/amd-epyc-2vcpu/jpeg.json MORE/ --lmbda 0.0067
+
+Arguments are result files or folders of them (every *.json inside).
 
 For every curve: BD-rate and BD-PSNR against the anchor (pchip, over the overlapping range),
 PSNR interpolated at 0.25 / 0.5 / 1.0 bpp (pchip in log-rate, inside the measured range), and
@@ -58,12 +61,12 @@ def print_points(points: dict, anchor: str, ra: dict, lmbda) -> None:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("folder")
+    p.add_argument("paths", nargs="+", help="result JSON files or folders of them")
     p.add_argument("--anchor", default="JPEG")
     p.add_argument("--plot", help="write the RD plot here")
     p.add_argument("--lmbda", type=float, help="single-point table: also the mean RD cost at this lambda")
     args = p.parse_args(argv)
-    files = sorted(Path(args.folder).glob("*.json"))
+    files = [f for path in map(Path, args.paths) for f in (sorted(path.glob("*.json")) if path.is_dir() else [path])]
     curves = {load_results(f)["name"]: (f, load_results(f)["results"]) for f in files}
     if args.anchor not in curves:
         sys.exit(f"anchor {args.anchor!r} not among {sorted(curves)}")
