@@ -62,6 +62,18 @@ def synthetic_workload(n_channels, height, width, scale_max=8.0, seed=0):
                              "(no trained weights given)")
 
 
+def coded_latents(model, x):
+    """What the codec codes for image x: y's symbols and scales, z's symbols (exact entropy
+    parameters, as StudentCodec sets them)."""
+    eb = model.entropy_bottleneck
+    with torch.inference_mode():
+        y = model.g_a(x)
+        z = model._hyper_analysis(y)
+        medians = eb.expanded_medians(z.size(0), 2)
+        scales, means = model._coding_params(eb.quantize(z, "dequantize", medians))
+        return model.gaussian_conditional.quantize(y, "symbols", means), scales, eb.quantize(z, "symbols", medians)
+
+
 def model_workload(weights, image):
     from PIL import Image
 
@@ -69,14 +81,8 @@ def model_workload(weights, image):
     from lickd.image import pad_to_multiple, to_tensor
 
     codec = StudentCodec.from_file(weights, device="cpu")
-    model = codec.model
-    x = pad_to_multiple(to_tensor(Image.open(image))[0], model.downsampling_factor)
-    with torch.no_grad():
-        y = model.g_a(x)
-        z_hat = model.entropy_bottleneck.quantize(model._hyper_analysis(y), "dequantize",
-                                                  model.entropy_bottleneck.expanded_medians(1, 2))
-        scales, means = model._coding_params(z_hat)
-        symbols = model.gaussian_conditional.quantize(y, "symbols", means)
+    x = pad_to_multiple(to_tensor(Image.open(image))[0], codec.model.downsampling_factor)
+    symbols, scales, _ = coded_latents(codec.model, x)
     return symbols.reshape(-1), scales.reshape(-1), f"y of {codec.name} on {os.path.basename(image)}"
 
 
@@ -86,7 +92,8 @@ def file_overhead(weights, directory):
     from PIL import Image
 
     from lickd import StudentCodec
-    from lickd.image import pad_to_multiple, to_tensor
+    from lickd.container import parse
+    from lickd.image import list_images, pad_to_multiple, to_tensor
 
     codec = StudentCodec.from_file(weights, device="cpu")
     model = codec.model
@@ -94,28 +101,18 @@ def file_overhead(weights, directory):
         raise SystemExit("--files needs a hyperprior model (y and z streams)")
     eb, gc = model.entropy_bottleneck, model.gaussian_conditional
     rows = []
-    paths = sorted(p for p in os.listdir(directory) if p.lower().endswith((".png", ".jpg", ".jpeg", ".ppm")))
-    for name in paths:
-        image = Image.open(os.path.join(directory, name)).convert("RGB")
+    for path in list_images(directory):
+        name = os.path.basename(path)
+        image = Image.open(path).convert("RGB")
         data = codec.compress(image)
-        with torch.inference_mode():
-            x = pad_to_multiple(to_tensor(image)[0], model.downsampling_factor)
-            coded = model.compress(x, bare=True)
-            y = model.g_a(x)
-            z = model._hyper_analysis(y)
-            medians = eb.expanded_medians(1, 2)
-            z_sym = eb.quantize(z, "symbols", medians)
-            z_idx = eb._build_indexes(z.size(), z.device)
-            scales, means = model._coding_params(eb.quantize(z, "dequantize", medians))
-            y_sym = gc.quantize(y, "symbols", means)
-            y_idx = gc.build_indexes(scales)
-        ideal = (ideal_bytes(gc._quantized_cdf, gc._offset, gc._cdf_length, y_sym.reshape(-1), y_idx.reshape(-1),
-                             gc.table_precision())
+        y_sym, scales, z_sym = coded_latents(model, pad_to_multiple(to_tensor(image)[0], model.downsampling_factor))
+        z_idx = eb._build_indexes(z_sym.size(), z_sym.device)
+        ideal = (ideal_bytes(gc._quantized_cdf, gc._offset, gc._cdf_length, y_sym.reshape(-1),
+                             gc.build_indexes(scales).reshape(-1), gc.table_precision())
                  + ideal_bytes(eb._quantized_cdf, eb._offset, eb._cdf_length, z_sym.reshape(-1), z_idx.reshape(-1),
                                eb.table_precision()))
-        streams = sum(len(s) for strings in coded["strings"] for s in strings)
         rows.append({"image": name, "pixels": image.width * image.height, "file_bytes": len(data),
-                     "stream_bytes": streams, "ideal_bytes": ideal})
+                     "stream_bytes": parse(data).payload_bytes(), "ideal_bytes": ideal})
     return codec.name, rows
 
 

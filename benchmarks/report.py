@@ -67,7 +67,7 @@ def main(argv=None):
     p.add_argument("--lmbda", type=float, help="single-point table: also the mean RD cost at this lambda")
     args = p.parse_args(argv)
     files = [f for path in map(Path, args.paths) for f in (sorted(path.glob("*.json")) if path.is_dir() else [path])]
-    curves = {load_results(f)["name"]: (f, load_results(f)["results"]) for f in files}
+    curves = {doc["name"]: (f, doc["results"]) for f in files for doc in [load_results(f)]}
     if args.anchor not in curves:
         sys.exit(f"anchor {args.anchor!r} not among {sorted(curves)}")
     env = json.loads(files[0].read_text())["meta"]["environment"]
