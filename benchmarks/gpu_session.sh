@@ -12,6 +12,11 @@
 #       size), then the benchmarks, each writing JSON under $OUT: rans.json, kernels.json,
 #       codec.json, train.json, resources.txt and session.log (8 files at most come back).
 #
+#   bash benchmarks/gpu_session.sh accuracy WEIGHTS   # on the GPU machine: Kodak through the reference
+#       path and the fused kernels in bf16 and fp16 (the 0.02 dB check), accuracy-*.json
+#       under $OUT. A trained model does not fit beside the training set in one carry: carry
+#       ["data_carry/kodak", "<folder with WEIGHTS>"] in this call.
+#
 #   bash benchmarks/gpu_session.sh train SECONDS [RUNS...]   # on the GPU machine, after measure
 #       starts the named training runs (default: a teacher and two plain students at quality 3) in
 #       parallel processes that outlive the call (setsid), each stopping itself after SECONDS
@@ -59,6 +64,16 @@ measure)
     | tee -a "$LOG"
   python3 benchmarks/bench_train.py --data data_carry/train --json "$OUT/train.json" 2>&1 | tee -a "$LOG"
   ;;
+accuracy)
+  WEIGHTS=${2:?weights file}
+  install_there > /dev/null 2>&1
+  for fused in none bf16 fp16; do
+    flags=(); [ "$fused" = none ] || flags=(--fused "$fused")
+    python3 -m lickd.cli eval data_carry/kodak --weights "$WEIGHTS" --device cuda "${flags[@]}" --quiet \
+      -o "$OUT/accuracy-$fused.json" || exit 1
+  done
+  python3 benchmarks/report.py --against "$OUT/accuracy-none.json" "$OUT/accuracy-bf16.json" "$OUT/accuracy-fp16.json"
+  ;;
 train)
   SECONDS_BUDGET=${2:?seconds of training}
   shift 2
@@ -94,7 +109,7 @@ export)
   ls -la "$OUT"
   ;;
 *)
-  sed -n 2,25p "$0"
+  sed -n 2,30p "$0"
   exit 2
   ;;
 esac

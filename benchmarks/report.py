@@ -2,6 +2,7 @@
 
     python benchmarks/report.py benchmarks/results/kodak/amd-epyc-2vcpu [--anchor JPEG] [--plot rd.png]
     python benchmarks/report.py benchmarks/results/kodak/amd-epyc-2vcpu/jpeg.json MORE/ --lmbda 0.0067
+    python benchmarks/report.py --against ref.json fused-bf16.json fused-fp16.json
 
 Arguments are result files or folders of them (every *.json inside).
 
@@ -13,6 +14,10 @@ Single-point results (one trained model each, e.g. a student and its no-KD contr
 table: bpp, PSNR, MS-SSIM, the anchor's PSNR at the same bpp, and with ``--lmbda`` the mean
 rate-distortion cost bpp + lambda * 255^2 * MSE over the images (the training objective, so
 models trained for the same lambda compare on it even when they land at different rates).
+
+``--against REF``: instead, each single-point result's per-image differences from REF on the same
+images (PSNR in dB, file bytes in %): how far a variant of one model (the fused kernels, an fp16
+export) moves its results.
 """
 import argparse
 import json
@@ -59,14 +64,37 @@ def print_points(points: dict, anchor: str, ra: dict, lmbda) -> None:
               f"{1e3 * np.median(r['decoding_time']):.1f} |")
 
 
+def per_image(f: Path) -> dict:
+    return json.loads(f.read_text())["per_image"][0]["images"]
+
+
+def print_against(ref_file: Path, files: list) -> None:
+    ref = per_image(ref_file)
+    head = "| result | images | ΔPSNR mean | ΔPSNR min … max | Δbytes mean |"
+    print(f"Per-image differences from {ref_file.name}\n\n{head}\n" + "|" + "---|" * (head.count("|") - 1))
+    for f in files:
+        doc, imgs = json.loads(f.read_text()), per_image(f)
+        if set(imgs) != set(ref):
+            sys.exit(f"{f}: not the images of {ref_file}")
+        dp = np.array([imgs[k]["psnr-rgb"] - ref[k]["psnr-rgb"] for k in ref])
+        db = np.array([imgs[k]["bytes"] / ref[k]["bytes"] - 1 for k in ref])
+        label = doc["description"].rsplit(", ", 1)[-1] if doc.get("description") else f.stem
+        print(f"| {f.name} ({label}) | {len(ref)} | {dp.mean():+.4f} dB | {dp.min():+.4f} … {dp.max():+.4f} dB | "
+              f"{100 * db.mean():+.3f} % |")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("paths", nargs="+", help="result JSON files or folders of them")
     p.add_argument("--anchor", default="JPEG")
     p.add_argument("--plot", help="write the RD plot here")
     p.add_argument("--lmbda", type=float, help="single-point table: also the mean RD cost at this lambda")
+    p.add_argument("--against", type=Path, help="per-image differences of each result from this one instead")
     args = p.parse_args(argv)
     files = [f for path in map(Path, args.paths) for f in (sorted(path.glob("*.json")) if path.is_dir() else [path])]
+    if args.against:
+        print_against(args.against, [f for f in files if f.resolve() != args.against.resolve()])
+        return
     curves = {doc["name"]: (f, doc["results"]) for f in files for doc in [load_results(f)]}
     if args.anchor not in curves:
         sys.exit(f"anchor {args.anchor!r} not among {sorted(curves)}")

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .ops import FusedConvActFunction, pack_conv_weight, pack_deconv_weight, pack_gdn, packed_width
+from .ops import FusedConvActFunction, pack_conv_weight, pack_deconv_weight, pack_gdn, packed_width, reference
 
 
 def _is_gdn(m: nn.Module) -> bool:
@@ -64,14 +64,18 @@ class FusedSequential(nn.Sequential):
     """``nn.Sequential`` of conv/GDN/ReLU layers with fused execution of each conv + activation."""
 
     def __init__(self, *layers: nn.Module, dtype: torch.dtype = torch.bfloat16, enabled: bool = True,
-                 split_k: bool = True):
+                 split_k: bool = True, emulate: bool = False):
         super().__init__(*layers)
         self.dtype, self.enabled, self.split_k = dtype, enabled, split_k  # split_k: let small layers split
+        # emulate: run the kernels' rounding model (ops.reference with storage=dtype) in PyTorch
+        # instead of the kernels, on any device: predicts the fused path's accuracy without a GPU.
+        self.emulate = emulate
         self._cache: dict = {}
 
     @classmethod
-    def from_sequential(cls, seq: nn.Sequential, dtype: torch.dtype = torch.bfloat16) -> "FusedSequential":
-        return cls(*seq, dtype=dtype)
+    def from_sequential(cls, seq: nn.Sequential, dtype: torch.dtype = torch.bfloat16,
+                        emulate: bool = False) -> "FusedSequential":
+        return cls(*seq, dtype=dtype, emulate=emulate)
 
     def plan(self) -> list[tuple]:
         """Steps: ("fused", conv_index, act_module_or_None, act_name, spec) or ("layer", index)."""
@@ -110,7 +114,7 @@ class FusedSequential(nn.Sequential):
         return packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.enabled and kernels_available(x)):
+        if not (self.enabled and (self.emulate or kernels_available(x))):
             return super().forward(x)
         layers = list(self)
         out_dtype = x.dtype
@@ -124,10 +128,15 @@ class FusedSequential(nn.Sequential):
             beta = gamma = None
             if act in ("gdn", "igdn"):
                 beta, gamma = act_module.beta_reparam(act_module.beta), act_module.gamma_reparam(act_module.gamma)
-            packed = self._packed(i, conv, transposed, act_module, act)
             # Intermediate activations stay in the storage dtype; the transform's output is
             # written in the caller's dtype directly (one rounding less on y and x_hat).
             last = n == len(steps) - 1
+            if self.emulate:
+                y = reference(x.float(), conv.weight.float(), conv.bias.float(), transposed=transposed, stride=stride,
+                              pad=pad, act=act, beta=beta, gamma=gamma, storage=self.dtype)
+                x = y if last else y.to(self.dtype).float()
+                continue
+            packed = self._packed(i, conv, transposed, act_module, act)
             x = FusedConvActFunction.apply(x, conv.weight, conv.bias, beta, gamma, packed,
                                            (transposed, stride, pad, act, self.dtype, out_dtype if last else None,
                                             None if self.split_k else 1))

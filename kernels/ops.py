@@ -100,14 +100,19 @@ def pack_deconv_weight(weight: Tensor, dtype: torch.dtype) -> Tensor:
     return out
 
 
+def gdn_dot_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Operand dtype of GDN's x^2 @ gamma^T for a storage dtype: bf16 for fp16 storage, whose x^2
+    would overflow above |x| = 255.9."""
+    return torch.bfloat16 if dtype == torch.float16 else dtype
+
+
 def pack_gdn(beta: Tensor, gamma: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """Effective (beta, gamma) -> (beta padded with ones as fp32, gamma^T padded with zeros)."""
     c = beta.numel()
     cp = packed_width(c)
     beta_p = torch.ones(cp, dtype=torch.float32, device=beta.device)
     beta_p[:c] = beta.detach().float()
-    # The squared activations are the dot's other operand: fp16 would overflow above |x| = 255.9.
-    gamma_t = torch.zeros(cp, cp, dtype=torch.bfloat16 if dtype == torch.float16 else dtype, device=gamma.device)
+    gamma_t = torch.zeros(cp, cp, dtype=gdn_dot_dtype(dtype), device=gamma.device)
     gamma_t[:c, :c] = gamma.detach().t()  # norm_i = sum_j x_j^2 gamma[i, j]
     return beta_p, gamma_t
 
@@ -220,15 +225,27 @@ def deconv_act_nhwc(x: Tensor, w_packed: Tensor, bias: Tensor, cout: int, act: s
 
 # ---------------------------------------------------------------------------- reference
 def reference(x: Tensor, weight: Tensor, bias: Tensor, *, transposed: bool, stride: int, pad: int, act: str,
-              beta: Tensor | None = None, gamma: Tensor | None = None) -> Tensor:
-    """The PyTorch definition the kernels implement (NCHW)."""
+              beta: Tensor | None = None, gamma: Tensor | None = None, storage: torch.dtype | None = None) -> Tensor:
+    """The PyTorch definition the kernels implement (NCHW).
+
+    ``storage``: also round where the kernels round for that storage dtype (x, the weights and
+    GDN's x^2 and gamma to their dot operand dtypes, round to nearest even as GPUs do; products
+    and sums stay in x's precision), so the result is the kernels' own up to summation order and
+    the rounding of the stored output, which is the caller's. fp32 storage is modelled as exact
+    fp32, not TF32. The accuracy of the fused path can be predicted with it on any device
+    (``FusedSequential(emulate=True)``)."""
+    def rounded(t: Tensor, dtype: torch.dtype | None) -> Tensor:
+        return t if dtype is None else t.to(dtype).to(x.dtype)
+
+    x, weight = rounded(x, storage), rounded(weight, storage)
     if transposed:
         y = F.conv_transpose2d(x, weight, bias, stride=stride, padding=pad, output_padding=stride - 1)
     else:
         y = F.conv2d(x, weight, bias, stride=stride, padding=pad)
     if act in ("gdn", "igdn"):
         c = y.size(1)
-        norm = F.conv2d(y * y, gamma.reshape(c, c, 1, 1), beta)
+        dot_dtype = None if storage is None else gdn_dot_dtype(storage)
+        norm = F.conv2d(rounded(y * y, dot_dtype), rounded(gamma, dot_dtype).reshape(c, c, 1, 1), beta)
         return y * (torch.sqrt(norm) if act == "igdn" else torch.rsqrt(norm))
     if act == "relu":
         return F.relu(y)

@@ -23,7 +23,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from .conv_act import conv_act_kernel, deconv_act_kernel, splitk_epilogue_kernel
-from .ops import launch_config
+from .ops import gdn_dot_dtype, launch_config
 
 #: Model sizes whose layers CI checks: the teachers (CompressAI's two sizes) and students.
 ZOO_SIZES = (("mbt2018-mean", 128, 192), ("mbt2018-mean", 192, 320), ("bmshj2018-hyperprior", 128, 192),
@@ -50,7 +50,7 @@ def compile_layer(transposed: bool, cout: int, act: str, dtype: torch.dtype, ks:
     ``part`` "single" (one pass), "slices" (split-K first pass) or "epilogue" (split-K second
     pass); ``block_m``/``warps`` override the launcher's choice (to explore others)."""
     t = _TRITON_DTYPES[dtype]
-    gamma_t = "bf16" if dtype == torch.float16 else t  # as pack_gdn stores it
+    gamma_t = _TRITON_DTYPES[gdn_dot_dtype(dtype)]  # as pack_gdn stores it
     constexprs, chosen_warps = launch_config(cout, act, dtype, transposed)
     constexprs["UPCAST"] = False  # the GPU path
     if block_m:

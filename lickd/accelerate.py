@@ -15,13 +15,16 @@ TRANSFORMS = ("g_a", "g_s")
 HYPER = ("h_a", "h_s")
 
 
-def accelerate(model: nn.Module, dtype: torch.dtype = torch.bfloat16, hyper: bool = False) -> nn.Module:
+def accelerate(model: nn.Module, dtype: torch.dtype = torch.bfloat16, hyper: bool = False,
+               emulate: bool = False) -> nn.Module:
+    """``emulate``: the kernels' rounding model in PyTorch instead of the kernels (any device; for
+    predicting the fused path's accuracy, see ``FusedSequential``)."""
     from .kernels import FusedSequential
 
     for name in TRANSFORMS + (HYPER if hyper else ()):
         seq = getattr(model, name, None)
         if isinstance(seq, nn.Sequential) and not isinstance(seq, FusedSequential):
-            setattr(model, name, FusedSequential.from_sequential(seq, dtype=dtype))
+            setattr(model, name, FusedSequential.from_sequential(seq, dtype=dtype, emulate=emulate))
         elif isinstance(seq, FusedSequential):
-            seq.dtype = dtype
+            seq.dtype, seq.emulate = dtype, emulate
     return model

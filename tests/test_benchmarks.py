@@ -64,3 +64,35 @@ def test_bench_train_quick_json(tmp_path):
     for row in doc["rows"]:
         assert row["steps_per_s"] > 0 and row["ms_per_step"] > 0 and row["batch"] == 2
     assert doc["environment"]["torch"] and "steps/s" in r.stdout
+
+
+def _result(path, name, per_image, description=""):
+    """A one-point result file in CompressAI's schema, as lickd eval writes it."""
+    mean = {k: [sum(v[k] for v in per_image.values()) / len(per_image)] for k in ("bpp", "psnr-rgb")}
+    doc = {"name": name, "description": description,
+           "meta": {"environment": {"cpu": "test", "cpu_count": 1, "pillow": "-", "commit": "-"}},
+           "results": {**mean, "ms-ssim-rgb": [0.9], "encoding_time": [0.01], "decoding_time": [0.01]},
+           "per_image": [{"images": per_image}]}
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_report_against_gives_per_image_differences(tmp_path):
+    """--against: mean / min / max of the per-image PSNR differences and the mean byte change,
+    computed here by hand for two images."""
+    ref = _result(tmp_path / "ref.json", "m", {"a.png": {"bpp": 0.5, "psnr-rgb": 30.0, "bytes": 1000},
+                                                "b.png": {"bpp": 0.4, "psnr-rgb": 28.0, "bytes": 800}})
+    var = _result(tmp_path / "var.json", "m", {"a.png": {"bpp": 0.5, "psnr-rgb": 30.01, "bytes": 1010},
+                                                "b.png": {"bpp": 0.4, "psnr-rgb": 27.97, "bytes": 800}},
+                  description="m, g_a/g_s fused kernels bf16")
+    other = _result(tmp_path / "other.json", "m", {"c.png": {"bpp": 0.5, "psnr-rgb": 30.0, "bytes": 1000}})
+    script = str(ROOT / "benchmarks" / "report.py")
+    r = subprocess.run([sys.executable, script, "--against", str(ref), str(tmp_path / "ref.json"), str(var)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| var.json")]
+    assert len(rows) == 1 and "(g_a/g_s fused kernels bf16)" in rows[0]
+    assert "-0.0100 dB" in rows[0] and "-0.0300 … +0.0100 dB" in rows[0] and "+0.500 %" in rows[0]
+    r = subprocess.run([sys.executable, script, "--against", str(ref), str(other)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode != 0 and "not the images of" in r.stderr

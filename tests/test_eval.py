@@ -215,7 +215,8 @@ def test_bench_stages_of_every_architecture_with_exact_entropy_parameters(arch, 
 
 def test_lickd_eval_through_the_fused_kernels_stays_within_a_hair_of_the_reference(capsys, tmp_path, weights_files):
     """--fused runs g_a/g_s through lickd.kernels (the interpreter here): bf16 storage changes the
-    files a little (so the fused path did run), the RD point barely moves."""
+    files a little (so the fused path did run), the RD point barely moves; --emulate (the kernels'
+    rounding model in PyTorch) lands where the kernels do."""
     pytest.importorskip("triton")
     folder = tmp_path / "img"
     folder.mkdir()
@@ -225,13 +226,15 @@ def test_lickd_eval_through_the_fused_kernels_stays_within_a_hair_of_the_referen
     Image.fromarray(np.clip(img + noise, 0, 255).astype(np.uint8)).save(folder / "a.png")
     w = weights_files["mbt2018-mean"]
     docs = {}
-    for fused in (None, "bf16"):
-        out = tmp_path / f"{fused}.json"
-        _run(capsys, "eval", folder, "--weights", w, "--device", "cpu", "-o", out, "--quiet",
-             *(["--fused", fused] if fused else []))
-        docs[fused] = json.loads(out.read_text())
-    assert "fused kernels bf16" in docs["bf16"]["description"]
+    for key, flags in ((None, []), ("bf16", ["--fused", "bf16"]), ("emulated", ["--fused", "bf16", "--emulate"])):
+        out = tmp_path / f"{key}.json"
+        _run(capsys, "eval", folder, "--weights", w, "--device", "cpu", "-o", out, "--quiet", *flags)
+        docs[key] = json.loads(out.read_text())
+    assert "fused kernels bf16" in docs["bf16"]["description"] and "emulated" in docs["emulated"]["description"]
     ref, fused = (docs[k]["per_image"][0]["images"] for k in (None, "bf16"))
     assert any(ref[f]["psnr-rgb"] != fused[f]["psnr-rgb"] or ref[f]["bytes"] != fused[f]["bytes"] for f in ref)
-    assert docs["bf16"]["results"]["psnr-rgb"][0] == pytest.approx(docs[None]["results"]["psnr-rgb"][0], abs=0.1)
+    assert docs["emulated"]["results"]["psnr-rgb"][0] == pytest.approx(docs["bf16"]["results"]["psnr-rgb"][0], abs=0.01)
+    assert docs["emulated"]["results"]["bpp"][0] == pytest.approx(docs["bf16"]["results"]["bpp"][0], rel=0.005)
+    assert main(["eval", str(folder), "--weights", str(w), "--emulate"]) == 1
+    assert "--emulate needs --fused" in capsys.readouterr().err
     assert docs["bf16"]["results"]["bpp"][0] == pytest.approx(docs[None]["results"]["bpp"][0], rel=0.02)

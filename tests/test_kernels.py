@@ -90,6 +90,42 @@ def test_layer_forward_matches_float64(layer, dtype):
     assert rel(y.cpu(), ref) <= TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("transposed,cin,cout,act", [(False, 24, 40, "gdn"), (True, 20, 48, "igdn"),
+                                                     (True, 16, 3, "none")])
+def test_16bit_layers_round_like_the_storage_model(transposed, cin, cout, act, dtype):
+    """Tighter than the float64 bounds: the kernels' 16-bit results are their rounding model's
+    (``reference(storage=dtype)``) up to fp32 summation order, so a rounding that differs from the
+    GPU's (Triton's interpreter truncates fp32 -> bf16, a biased error twice as large) fails here."""
+    from lickd.kernels.ops import conv_act_nhwc, deconv_act_nhwc
+    x = torch.randn(random.choice([1, 2]), cin, random.randint(4, 7), random.randint(4, 8), dtype=torch.float64)
+    w, b, beta, gamma = make_layer(transposed, cin, cout, 5, act)
+    packed = (pack_deconv_weight if transposed else pack_conv_weight)(w.to(DEVICE), dtype)
+    gdn = pack_gdn(beta.to(DEVICE), gamma.to(DEVICE), dtype) if beta is not None else None
+    x_nhwc = x.to(DEVICE, dtype).permute(0, 2, 3, 1).contiguous()
+    if transposed:
+        y = deconv_act_nhwc(x_nhwc, packed, b.to(DEVICE), cout, act, gdn, splits=1)
+    else:
+        y = conv_act_nhwc(x_nhwc, packed, b.to(DEVICE), cout, 5, 2, 2, act, gdn, splits=1)
+    assert y.dtype == dtype
+    model = reference(x, w, b, transposed=transposed, stride=2, pad=2, act=act, beta=beta, gamma=gamma, storage=dtype)
+    assert rel(y.permute(0, 3, 1, 2).cpu(), model.float().to(dtype)) <= 2e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_emulated_transform_is_the_kernels_rounding_model(dtype):
+    """FusedSequential(emulate=True) (PyTorch, any device) gives what the kernels give for a whole
+    transform, and both differ from the fp32 path by the 16-bit storage error."""
+    torch.manual_seed(random.randint(0, 2**31))
+    model = build_model("bmshj2018-hyperprior", 16, 24).eval()
+    y = torch.round(4 * torch.randn(1, 24, 4, 5))
+    with torch.no_grad():
+        ref = model.g_s(y)
+        kernels = FusedSequential(*model.g_s, dtype=dtype).to(DEVICE)(y.to(DEVICE)).cpu()
+        emulated = FusedSequential(*model.g_s, dtype=dtype, emulate=True)(y)
+    assert rel(emulated, kernels) <= 2e-4 < rel(emulated, ref) <= TOL[dtype]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("transposed,cin,cout,act,splits", [(False, 24, 40, "gdn", 3), (True, 20, 48, "igdn", 2),
                                                             (False, 16, 20, "leaky_relu", 4), (True, 12, 3, "none", 5)])

@@ -84,7 +84,7 @@ class LickdCodec:
 
     def __init__(self, codec, fused: Optional[str] = None):
         self.codec = codec
-        self.fused = fused  # storage dtype of lickd.accelerate'd transforms, or None
+        self.fused = fused  # storage dtype of lickd.accelerate'd transforms (and how they ran), or None
         self.quality = codec.info.quality
         self.name = f"lickd {codec.info.name}"
 

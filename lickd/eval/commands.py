@@ -63,8 +63,11 @@ def cmd_eval(args) -> None:
 
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.fused]
             for c in codecs:
-                accelerate(c.model, dtype=dtype)
-        points = [LickdCodec(c, fused=args.fused) for c in codecs]
+                accelerate(c.model, dtype=dtype, emulate=args.emulate)
+        elif args.emulate:
+            raise CliError(None, "--emulate needs --fused DTYPE")
+        fused = args.fused and args.fused + (" (emulated: the kernels' rounding model in PyTorch)" if args.emulate else "")
+        points = [LickdCodec(c, fused=fused) for c in codecs]
         name = args.name or points[0].name
         description = "; ".join(p.description() for p in points)
     doc = evaluate(points, images, name=args.name or name, description=description, progress=not args.quiet,
@@ -190,6 +193,9 @@ def add_commands(sub) -> None:
     e.add_argument("--fused", choices=["bf16", "fp16", "fp32"],
                    help="lickd: g_a/g_s through the fused Triton kernels in this storage dtype (GPUs, or "
                         "TRITON_INTERPRET=1 on CPUs)")
+    e.add_argument("--emulate", action="store_true",
+                   help="with --fused: run the kernels' rounding model in PyTorch instead of the kernels (any "
+                        "device, fast): predicts the fused path's PSNR and bytes without a GPU")
     e.add_argument("--name", help="curve name in the JSON")
     e.add_argument("--limit", type=int, help="only the first N images (quick runs)")
     e.add_argument("-o", "--output", help="result JSON (default: stdout)")
