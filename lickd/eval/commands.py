@@ -29,6 +29,8 @@ def cmd_eval(args) -> None:
     from .codecs import DEFAULT_QUALITIES, LickdCodec, PillowCodec
     from .runner import evaluate
 
+    if args.emulate and not (args.fused and not args.codec):
+        raise CliError(None, "--emulate needs --fused DTYPE (and a lickd model, not --codec)")
     folder = Path(args.dataset)
     if not folder.is_dir():
         raise CliError(folder, "no such folder")
@@ -64,8 +66,6 @@ def cmd_eval(args) -> None:
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.fused]
             for c in codecs:
                 accelerate(c.model, dtype=dtype, emulate=args.emulate)
-        elif args.emulate:
-            raise CliError(None, "--emulate needs --fused DTYPE")
         fused = args.fused and args.fused + (" (emulated: the kernels' rounding model in PyTorch)" if args.emulate else "")
         points = [LickdCodec(c, fused=fused) for c in codecs]
         name = args.name or points[0].name
