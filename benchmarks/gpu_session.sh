@@ -15,7 +15,7 @@
 #   bash benchmarks/gpu_session.sh accuracy WEIGHTS   # on the GPU machine: Kodak through the reference
 #       path and the fused kernels in bf16 and fp16 (the 0.02 dB check), accuracy-*.json
 #       under $OUT. A trained model does not fit beside the training set in one carry: carry
-#       ["data_carry/kodak", "<folder with WEIGHTS>"] in this call.
+#       [".whl", "data_carry/kodak", "<folder with WEIGHTS>"] in this call.
 #
 #   bash benchmarks/gpu_session.sh train SECONDS [RUNS...]   # on the GPU machine, after measure
 #       starts the named training runs (default: a teacher and two plain students at quality 3) in
