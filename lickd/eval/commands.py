@@ -62,9 +62,13 @@ def cmd_eval(args) -> None:
             import torch
 
             from .. import accelerate
+            from ..kernels import kernels_available
 
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.fused]
             for c in codecs:
+                if not args.emulate and not kernels_available(torch.empty(0, device=c.device)):
+                    raise CliError(None, "--fused runs the Triton kernels: it needs a CUDA device (or "
+                                         "TRITON_INTERPRET=1, very slow); on a CPU add --emulate")
                 accelerate(c.model, dtype=dtype, emulate=args.emulate)
         fused = args.fused and args.fused + (" (emulated: the kernels' rounding model in PyTorch)" if args.emulate else "")
         points = [LickdCodec(c, fused=fused) for c in codecs]
