@@ -4,7 +4,8 @@ as fused Triton kernels.
 It keeps the original layers as its children under the same names, so ``state_dict`` keys (and
 CompressAI compatibility) do not change, and it falls back to the plain layers wherever the
 kernels do not apply: on CPUs (unless ``TRITON_INTERPRET=1``), for layer shapes the kernels do not
-cover, or when asked to (``enabled=False``).
+cover, or when asked to (``enabled=False``). With ``emulate=True`` it runs the kernels' rounding
+model (``ops.reference(storage=dtype)``) in PyTorch instead, on any device.
 """
 from __future__ import annotations
 
