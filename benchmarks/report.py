@@ -44,9 +44,13 @@ def psnr_at(bpps, psnrs, target):
     return float(np.interp(t, x, y))
 
 
-def rd_cost(per_image: dict, lmbda: float) -> float:
+def per_image(doc: dict) -> dict:
+    return doc["per_image"][0]["images"]
+
+
+def rd_cost(images: dict, lmbda: float) -> float:
     """Mean over images of bpp + lambda * 255^2 * MSE (MSE of [0, 1] pixels = 10^(-PSNR / 10))."""
-    return float(np.mean([v["bpp"] + lmbda * 255**2 * 10 ** (-v["psnr-rgb"] / 10) for v in per_image.values()]))
+    return float(np.mean([v["bpp"] + lmbda * 255**2 * 10 ** (-v["psnr-rgb"] / 10) for v in images.values()]))
 
 
 def print_points(points: dict, anchor: str, ra: dict, lmbda) -> None:
@@ -58,22 +62,19 @@ def print_points(points: dict, anchor: str, ra: dict, lmbda) -> None:
         bpp, psnr = r["bpp"][0], r["psnr-rgb"][0]
         ref = psnr_at(ra["bpp"], ra["psnr-rgb"], bpp)
         vs = "–" if ref is None else f"{psnr - ref:+.2f} dB"
-        cost = f" {rd_cost(json.loads(f.read_text())['per_image'][0]['images'], lmbda):.4f} |" if lmbda else ""
+        cost = f" {rd_cost(per_image(json.loads(f.read_text())), lmbda):.4f} |" if lmbda else ""
         print(f"| {name} | {bpp:.4f} | {psnr:.2f} dB | {r['ms-ssim-rgb'][0]:.4f} | "
               f"{'–' if ref is None else f'{ref:.2f} dB'} | {vs} |{cost} {1e3 * np.median(r['encoding_time']):.1f} | "
               f"{1e3 * np.median(r['decoding_time']):.1f} |")
 
 
-def per_image(f: Path) -> dict:
-    return json.loads(f.read_text())["per_image"][0]["images"]
-
-
 def print_against(ref_file: Path, files: list) -> None:
-    ref = per_image(ref_file)
+    ref = per_image(json.loads(ref_file.read_text()))
     head = "| result | images | ΔPSNR mean | ΔPSNR min … max | Δbytes mean |"
     print(f"Per-image differences from {ref_file.name}\n\n{head}\n" + "|" + "---|" * (head.count("|") - 1))
     for f in files:
-        doc, imgs = json.loads(f.read_text()), per_image(f)
+        doc = json.loads(f.read_text())
+        imgs = per_image(doc)
         if set(imgs) != set(ref):
             sys.exit(f"{f}: not the images of {ref_file}")
         dp = np.array([imgs[k]["psnr-rgb"] - ref[k]["psnr-rgb"] for k in ref])

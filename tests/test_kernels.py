@@ -74,6 +74,20 @@ def run_fused(x, w, b, beta, gamma, transposed, stride, pad, act, dtype):
     return FusedConvActFunction.apply(*args, packed, (transposed, stride, pad, act, dtype, torch.float32, None))
 
 
+def run_nhwc(x, w, b, beta, gamma, transposed, act, dtype, splits, out_dtype=None):
+    """One 5x5/s2 layer through the NHWC launchers (no autograd), as NCHW on the CPU."""
+    from lickd.kernels.ops import conv_act_nhwc, deconv_act_nhwc
+    packed = (pack_deconv_weight if transposed else pack_conv_weight)(w.to(DEVICE), dtype)
+    gdn = pack_gdn(beta.to(DEVICE), gamma.to(DEVICE), dtype) if beta is not None else None
+    x_nhwc = x.to(DEVICE, dtype).permute(0, 2, 3, 1).contiguous()
+    if transposed:
+        y = deconv_act_nhwc(x_nhwc, packed, b.to(DEVICE), w.shape[1], act, gdn, out_dtype=out_dtype, splits=splits)
+    else:
+        y = conv_act_nhwc(x_nhwc, packed, b.to(DEVICE), w.shape[0], 5, 2, 2, act, gdn, out_dtype=out_dtype,
+                          splits=splits)
+    return y.permute(0, 3, 1, 2).cpu()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("layer", LAYERS, ids=[spec[0] for spec in LAYERS])
 def test_layer_forward_matches_float64(layer, dtype):
@@ -97,19 +111,13 @@ def test_16bit_layers_round_like_the_storage_model(transposed, cin, cout, act, d
     """Tighter than the float64 bounds: the kernels' 16-bit results are their rounding model's
     (``reference(storage=dtype)``) up to fp32 summation order, so a rounding that differs from the
     GPU's (Triton's interpreter truncates fp32 -> bf16, a biased error twice as large) fails here."""
-    from lickd.kernels.ops import conv_act_nhwc, deconv_act_nhwc
     x = torch.randn(random.choice([1, 2]), cin, random.randint(4, 7), random.randint(4, 8), dtype=torch.float64)
     w, b, beta, gamma = make_layer(transposed, cin, cout, 5, act)
-    packed = (pack_deconv_weight if transposed else pack_conv_weight)(w.to(DEVICE), dtype)
-    gdn = pack_gdn(beta.to(DEVICE), gamma.to(DEVICE), dtype) if beta is not None else None
-    x_nhwc = x.to(DEVICE, dtype).permute(0, 2, 3, 1).contiguous()
-    if transposed:
-        y = deconv_act_nhwc(x_nhwc, packed, b.to(DEVICE), cout, act, gdn, splits=1)
-    else:
-        y = conv_act_nhwc(x_nhwc, packed, b.to(DEVICE), cout, 5, 2, 2, act, gdn, splits=1)
+    y = run_nhwc(x, w, b, beta, gamma, transposed, act, dtype, splits=1)
     assert y.dtype == dtype
-    model = reference(x, w, b, transposed=transposed, stride=2, pad=2, act=act, beta=beta, gamma=gamma, storage=dtype)
-    assert rel(y.permute(0, 3, 1, 2).cpu(), model.float().to(dtype)) <= 2e-4
+    model = reference(x, w, b, transposed=transposed, stride=2, pad=2, act=act, beta=beta, gamma=gamma,
+                      storage=dtype).float().to(dtype)
+    assert rel(y, model) <= 2e-4
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
@@ -131,20 +139,11 @@ def test_emulated_transform_is_the_kernels_rounding_model(dtype):
                                                             (False, 16, 20, "leaky_relu", 4), (True, 12, 3, "none", 5)])
 def test_split_k_matches_float64_and_the_single_pass(transposed, cin, cout, act, splits, dtype):
     """The small-layer path: reduction slices summed by a second kernel, then the same epilogue."""
-    from lickd.kernels.ops import conv_act_nhwc, deconv_act_nhwc
     x = torch.randn(random.choice([1, 2]), cin, random.randint(4, 7), random.randint(4, 8), dtype=torch.float64)
     w, b, beta, gamma = make_layer(transposed, cin, cout, 5, act)
     ref = reference(x, w, b, transposed=transposed, stride=2, pad=2, act=act, beta=beta, gamma=gamma)
-    packed = (pack_deconv_weight if transposed else pack_conv_weight)(w.to(DEVICE), dtype)
-    gdn = pack_gdn(beta.to(DEVICE), gamma.to(DEVICE), dtype) if beta is not None else None
-    x_nhwc = x.to(DEVICE, dtype).permute(0, 2, 3, 1).contiguous()
-    outs = []
-    for n in (1, splits):
-        if transposed:
-            y = deconv_act_nhwc(x_nhwc, packed, b.to(DEVICE), cout, act, gdn, out_dtype=torch.float32, splits=n)
-        else:
-            y = conv_act_nhwc(x_nhwc, packed, b.to(DEVICE), cout, 5, 2, 2, act, gdn, out_dtype=torch.float32, splits=n)
-        outs.append(y.permute(0, 3, 1, 2).cpu())
+    outs = [run_nhwc(x, w, b, beta, gamma, transposed, act, dtype, splits=n, out_dtype=torch.float32)
+            for n in (1, splits)]
     assert rel(outs[1], ref) <= TOL[dtype] and rel(outs[1], outs[0]) <= TOL[dtype]
 
 
