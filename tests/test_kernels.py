@@ -116,8 +116,12 @@ def test_16bit_layers_round_like_the_storage_model(transposed, cin, cout, act, d
     y = run_nhwc(x, w, b, beta, gamma, transposed, act, dtype, splits=1)
     assert y.dtype == dtype
     model = reference(x, w, b, transposed=transposed, stride=2, pad=2, act=act, beta=beta, gamma=gamma,
-                      storage=dtype).float().to(dtype)
-    assert rel(y, model) <= 2e-4
+                      storage=dtype).float().to(dtype).double()
+    diff = (y.double() - model).abs()
+    # Summation order may push a value across a rounding boundary: one unit in the last place, rarely
+    # (under 1 % of values measured); a truncating conversion differs on about half of them.
+    assert bool((diff <= torch.finfo(dtype).eps * model.abs() + torch.finfo(dtype).tiny).all())
+    assert float((diff > 0).double().mean()) <= 0.02
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
@@ -126,12 +130,14 @@ def test_emulated_transform_is_the_kernels_rounding_model(dtype):
     transform, and both differ from the fp32 path by the 16-bit storage error."""
     torch.manual_seed(random.randint(0, 2**31))
     model = build_model("bmshj2018-hyperprior", 16, 24).eval()
-    y = torch.round(4 * torch.randn(1, 24, 4, 5))
+    y = torch.round(4 * torch.randn(1, 24, 8, 8))
     with torch.no_grad():
         ref = model.g_s(y)
         kernels = FusedSequential(*model.g_s, dtype=dtype).to(DEVICE)(y.to(DEVICE)).cpu()
         emulated = FusedSequential(*model.g_s, dtype=dtype, emulate=True)(y)
-    assert rel(emulated, kernels) <= 2e-4 < rel(emulated, ref) <= TOL[dtype]
+    # Rare one-ulp flips (fp32 summation order) compound through the layers: measured up to 1.8e-4
+    # (bf16) against a storage error of 3e-3 or more, and 2.7e-5 (fp16) against 4.8e-4 or more.
+    assert rel(emulated, kernels) <= rel(emulated, ref) / 4 and rel(emulated, ref) <= TOL[dtype]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
