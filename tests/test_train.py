@@ -114,10 +114,11 @@ def test_no_kd_control_uses_only_the_rd_loss(tmp_path, train_dir):
     assert float(stats["loss"]) == float(stats["rd"]) and "kd_y" not in stats
 
 
-def test_resume_after_interruption_is_bit_exact(tmp_path, train_dir):
-    straight = config(tmp_path / "a", train_dir, "ema=0.9")
+@pytest.mark.parametrize("layout", ["channels_last=false", "channels_last=true"])
+def test_resume_after_interruption_is_bit_exact(tmp_path, train_dir, layout):
+    straight = config(tmp_path / "a", train_dir, "ema=0.9", layout)
     Trainer(straight, progress=False).train()
-    interrupted = config(tmp_path / "b", train_dir, "ema=0.9")
+    interrupted = config(tmp_path / "b", train_dir, "ema=0.9", layout)
     first = Trainer(interrupted, progress=False)
     for _ in range(5):  # a crash after step 5: the last checkpoint is step 4
         first.train_step()
@@ -293,6 +294,21 @@ def test_bf16_autocast_step_keeps_entropy_models_in_fp32(tmp_path, train_dir):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = trainer.model(trainer.sampler.next())
     assert all(v.dtype == torch.float32 for v in out["likelihoods"].values())
+
+
+def test_channels_last_trains_the_same_model(tmp_path, train_dir):
+    """NHWC is a memory layout only: same crops, noise, losses and gradients, up to convolution
+    rounding (weights after Adam steps are no measure: its first updates are sign-like)."""
+    runs, stats = [], []
+    for layout in ("channels_last=false", "channels_last=true"):  # each seeds the global RNG: one at a time
+        runs.append(Trainer(config(tmp_path / layout, train_dir, layout), progress=False))
+        stats.append(runs[-1].train_step())
+    assert runs[1].model.g_a[0].weight.is_contiguous(memory_format=torch.channels_last)
+    for k in ("loss", "bpp", "mse", "aux"):
+        torch.testing.assert_close(stats[1][k], stats[0][k], rtol=1e-5, atol=0, msg=k)
+    nchw, nhwc = (dict(t.model.named_parameters()) for t in runs)
+    for k, p in nchw.items():
+        assert float((nhwc[k].grad - p.grad).norm()) <= 1e-4 * float(p.grad.norm()) + 1e-12, k
 
 
 @pytest.mark.parametrize("name", ["teacher", "student", "cpu-pilot"])

@@ -73,8 +73,8 @@ class EntropyModel(nn.Module):
     def quantize(self, inputs: Tensor, mode: str, means: Optional[Tensor] = None) -> Tensor:
         """``noise``: add U(-1/2, 1/2) (training); ``dequantize``: round around ``means``;
         ``symbols``: the int32 symbols round(inputs - means)."""
-        if mode == "noise":
-            return inputs + torch.empty_like(inputs).uniform_(-0.5, 0.5)
+        if mode == "noise":  # drawn in logical order, so a channels_last input gets the same noise
+            return inputs + torch.empty(inputs.shape, dtype=inputs.dtype, device=inputs.device).uniform_(-0.5, 0.5)
         if mode not in ("dequantize", "symbols"):
             raise ValueError(f'Invalid quantization mode: "{mode}"')
         outputs = inputs - means if means is not None else inputs

@@ -62,6 +62,7 @@ class TrainConfig:
     clip_max_norm: float = 1.0
     ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off)
     amp: bool = False  # bf16 autocast of the transforms (entropy models stay fp32)
+    channels_last: bool = False  # NHWC weights and crops: oneDNN's faster convolutions on CPUs
     fused: bool = False  # run g_a/g_s (student and teacher) with lickd.kernels on GPUs (not yet timed on one)
     seed: int = 0
     device: str = "auto"

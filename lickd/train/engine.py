@@ -97,6 +97,10 @@ class Trainer:
             for m in (self.model, self.teacher, self.hybrid_teacher):
                 if m is not None:
                     accelerate(m, dtype=torch.bfloat16 if cfg.amp else torch.float32)
+        if cfg.channels_last:
+            for m in (self.model, self.teacher, self.hybrid_teacher):
+                if m is not None:
+                    m.to(memory_format=torch.channels_last)
         self.projection = Projection({}, {})
         if self.teacher is not None:
             widths = {"y": self.model.M, "z": self.model.N}
@@ -184,6 +188,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.lr * self.lr_factor(self.step)
         x = self.sampler.next()
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         targets = self._teacher_targets(x)
         self.optimizer.zero_grad(set_to_none=True)
         self.aux_optimizer.zero_grad(set_to_none=True)
