@@ -1,6 +1,6 @@
 """Training throughput: steps/s and how busy the GPU is, for a teacher and a student.
 
-    python benchmarks/bench_train.py [--quick] [--data DIR] [--variants fp32,bf16,bf16-fused] [--json out.json]
+    python benchmarks/bench_train.py [--quick] [--data DIR] [--variants fp32,bf16,bf16-nhwc,bf16-fused] [--json out.json]
 
 Each row builds lickd's Trainer (the real training step: forward, RD or distillation loss, aux
 loss, one backward, clipping, both optimisers) on crops from --data (default
@@ -8,7 +8,8 @@ loss, one backward, clipping, both optimisers) on crops from --data (default
 steps after ``--warmup`` steps, synchronised at both ends. Rows: teacher mbt2018-mean N=128/M=192
 and student N=64/M=192 (plain, and distilled from a same-size random teacher: the KD step's extra
 teacher forward is what costs), at batch 16 and 256x256 crops (--quick: tiny sizes for CPUs).
-Variants: fp32, bf16 autocast (``amp``), bf16 autocast + fused Triton kernels (``fused``; GPU only).
+Variants: fp32, bf16 autocast (``amp``), the same with channels_last weights and crops (``nhwc``), bf16
+autocast + fused Triton kernels (``fused``; GPU only).
 On NVIDIA GPUs "GPU busy" is NVML's utilisation (the share of time a kernel was running) averaged
 over the timed steps: the issue's target is >= 80 %.
 """
@@ -32,6 +33,7 @@ from lickd.train.config import load_config
 from lickd.train.engine import Trainer
 
 VARIANTS = {"fp32": ["amp=false", "fused=false"], "bf16": ["amp=true", "fused=false"],
+            "bf16-nhwc": ["amp=true", "fused=false", "channels_last=true"],
             "bf16-fused": ["amp=true", "fused=true"]}
 
 
@@ -84,11 +86,11 @@ def main(argv=None):
     patch = args.patch or (64 if args.quick else 256)
     steps = args.steps or (2 if args.quick else 50)
     warmup = args.warmup or (1 if args.quick else 10)
-    variants = (args.variants or ("fp32,bf16,bf16-fused" if cuda else "fp32")).split(",")
+    variants = (args.variants or ("fp32,bf16,bf16-nhwc,bf16-fused" if cuda else "fp32,bf16,bf16-nhwc")).split(",")
     for v in variants:
         if v not in VARIANTS:
             p.error(f"unknown variant {v!r}")
-        if VARIANTS[v][1] == "fused=true" and not cuda:
+        if "fused=true" in VARIANTS[v] and not cuda:
             p.error("the fused variant needs a GPU")
     teacher_nm, student_nm = ((16, 24), (8, 24)) if args.quick else ((128, 192), (64, 192))
     base = [f"data={args.data}", f"batch_size={batch}", f"patch_size={patch}", "architecture=mbt2018-mean",

@@ -57,10 +57,12 @@ def test_bench_train_quick_json(tmp_path):
         Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)).save(data / f"{i}.png")
     out = tmp_path / "train.json"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--quick", "--data", str(data),
-                        "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                        "--variants", "fp32,bf16-nhwc", "--json", str(out)], capture_output=True, text=True,
+                       timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     doc = json.loads(out.read_text())
-    assert [row["model"].split(" N=")[0] for row in doc["rows"]] == ["teacher", "student", "student + KD"]
+    assert [(row["variant"], row["model"].split(" N=")[0]) for row in doc["rows"]] == [
+        (v, m) for v in ("fp32", "bf16-nhwc") for m in ("teacher", "student", "student + KD")]
     for row in doc["rows"]:
         assert row["steps_per_s"] > 0 and row["ms_per_step"] > 0 and row["batch"] == 2
     assert doc["environment"]["torch"] and "steps/s" in r.stdout
