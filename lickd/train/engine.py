@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .. import zoo
+from ..accelerate import accelerate
 from ..models import ARCHITECTURES, CompressionModel, build_model
 from ..provenance import environment, git_commit
 from .config import TrainConfig, save_config
@@ -91,16 +92,13 @@ class Trainer:
         self.model.train()
         self.teacher = self._load_teacher(cfg.kd.teacher) if cfg.distilling else None
         self.hybrid_teacher = self._load_teacher(cfg.kd.hybrid_teacher) if cfg.distilling and cfg.kd.hybrid_teacher else None
-        if cfg.fused:  # same parameters and state_dict keys; PyTorch layers wherever kernels don't apply
-            from ..accelerate import accelerate
-
-            for m in (self.model, self.teacher, self.hybrid_teacher):
-                if m is not None:
-                    accelerate(m, dtype=torch.bfloat16 if cfg.amp else torch.float32)
-        if cfg.channels_last:
-            for m in (self.model, self.teacher, self.hybrid_teacher):
-                if m is not None:
-                    m.to(memory_format=torch.channels_last)
+        for m in (self.model, self.teacher, self.hybrid_teacher):
+            if m is None:
+                continue
+            if cfg.fused:  # same parameters and state_dict keys; PyTorch layers wherever kernels don't apply
+                accelerate(m, dtype=torch.bfloat16 if cfg.amp else torch.float32)
+            if cfg.channels_last:
+                m.to(memory_format=torch.channels_last)
         self.projection = Projection({}, {})
         if self.teacher is not None:
             widths = {"y": self.model.M, "z": self.model.N}
