@@ -23,6 +23,8 @@
 #       with a checkpoint, then holds the call for up to 9.5 minutes. The machine goes back 30 s
 #       after a call ends (and after 30 minutes held), taking the runs with it, so keep it busy
 #       with `... wait SECONDS` calls and finish with `... export` (fp16 students to $OUT).
+#       TRAIN_SET="--set channels_last=true" (or "--set fused=true") adds overrides to every run:
+#       pick the faster of bf16-nhwc and bf16-fused from measure's train.json.
 #
 # Results reported from here must name the device, torch/triton versions and the commit; the
 # JSON files carry them.
@@ -92,7 +94,7 @@ train)
     esac
     setsid nohup timeout --signal=TERM "$SECONDS_BUDGET" python3 -m lickd.cli train --quiet "${args[@]}" \
       --set data=data_carry/train --set val_data=data_carry/kodak --set lmbda=0.0067 --set amp=true \
-      --set run_dir="runs/$run" --set steps=200000 --set val_every=2000 --set ckpt_every=2000 \
+      --set run_dir="runs/$run" --set steps=200000 --set val_every=2000 --set ckpt_every=2000 ${TRAIN_SET:-} \
       > "runs/$run.log" 2>&1 < /dev/null &
   done
   sleep $(( SECONDS_BUDGET < 570 ? SECONDS_BUDGET + 5 : 570 )); tail -n 3 runs/*/metrics.jsonl
