@@ -192,6 +192,7 @@ void rans_decode(const TableSet& tables, const uint8_t* data, size_t size, const
       r.skip(nbytes, "escape values");
       const uint64_t used_bits = n_esc * uint64_t(width);
       if ((used_bits & 7) && (packed[nbytes - 1] >> (used_bits & 7))) fail("nonzero padding after the escape values");
+      if (width > 1 && !escape_top_bit_used(packed, 0, 1, n_esc, width)) fail("escape width wider than its values");
     }
     uint64_t esc_used = 0;
     auto next_escape = [&]() -> uint64_t {

@@ -217,6 +217,10 @@ __device__ void decode_chunk(const uint8_t* __restrict__ bytes, const ChunkDesc&
         break;
       }
       const uint8_t b = *p++;
+      if (!varint_group_ok(b, shift)) {
+        err = kBadEscapeSection;
+        break;
+      }
       n_esc |= uint64_t(b & 0x7F) << shift;
       shift += 7;
       done = !(b & 0x80);
@@ -238,6 +242,9 @@ __device__ void decode_chunk(const uint8_t* __restrict__ bytes, const ChunkDesc&
       }
     }
   }
+  // err and width are the same in every lane here (each parsed the same bytes).
+  if (!err && width > 1 && !warp_max(escape_top_bit_used(packed, lane, 32, n_esc, width) ? 1 : 0))
+    err = kBadEscapeSection;
   // Lane states.
   uint32_t x = 0, hash = kLaneHashInit;
   if (!err && uint64_t(end - p) < 4ull * K) err = kTruncated;

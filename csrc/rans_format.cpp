@@ -74,6 +74,7 @@ StreamHeader read_header(const uint8_t* data, size_t size, int64_t bare_symbols,
   }
   if ((h.n_symbols == 0) != (h.n_chunks == 0) || h.n_chunks > h.n_symbols)
     throw StreamError("inconsistent symbol and chunk counts in stream header");
+  if (h.n_symbols == 0 && h.log2_lanes != 0) throw StreamError("an empty stream must record one lane");
   // Each directory entry takes at least one byte: reject counts the stream cannot hold
   // before allocating anything.
   if (h.n_chunks > r.remaining()) throw StreamError("truncated stream (chunk directory)");
@@ -115,7 +116,7 @@ void choose_layout(StreamHeader& h, int64_t n, uint64_t cost_q16, const EncodeOp
     lanes = 1;
     while (lanes < (1 << kMaxLog2Lanes) && 2 * lanes <= budget_lanes) lanes *= 2;
   }
-  h.log2_lanes = floor_log2_u64(uint64_t(lanes));
+  h.log2_lanes = n ? floor_log2_u64(uint64_t(lanes)) : 0;  // an empty stream records one lane: one form
   if (n == 0) return;
   int64_t chunks = opt.chunks;
   if (chunks == 0) {

@@ -18,14 +18,18 @@
 // Its reader gets n_symbols and the tables from the caller. That saves 10-11 bytes per stream:
 // 0.2 % of a low-rate Kodak y stream (~5 KB).
 //   chunk payloads, each:
-//     varint n_escapes; if n_escapes > 0: u8 width (1..64), ceil(n_escapes*width/8) bytes of
-//       escape values packed LSB-first, in symbol order
+//     varint n_escapes; if n_escapes > 0: u8 width (1..64, the narrowest that holds the widest
+//       value), ceil(n_escapes*width/8) bytes of escape values packed LSB-first, in symbol order
 //     K x u32 lane states              (the encoder's final states = the decoder's initial ones)
 //     u16 words                        (decoder-forward order; within a step, ascending lanes)
 //
 // Every lane starts encoding at x0 = L + check(its symbols), a 16-bit hash of the lane's symbols
 // (lane_check below), so the decoder verifies each lane's final state and that every word of the
 // chunk was consumed: a desync or corruption is an error.
+//
+// A stream has one form: readers accept only what the writer writes (shortest varints, the
+// narrowest escape width, one lane recorded for an empty stream), so other bytes never decode to
+// the same symbols.
 #pragma once
 
 #include <cstddef>
@@ -121,6 +125,18 @@ LICKD_HOST_DEVICE inline uint64_t get_escape(const uint8_t* packed, uint64_t e, 
   }
   return raw;
 }
+// The encoder writes the narrowest width that holds the chunk's widest value, so a reader accepts a
+// width only if some escape uses its top bit (or it is 1): every stream a reader accepts is then
+// the one the encoder writes. This looks at escapes first, first + step, ... below n (the CUDA
+// decoder spreads them over a warp's lanes).
+LICKD_HOST_DEVICE inline bool escape_top_bit_used(const uint8_t* packed, uint64_t first, uint64_t step, uint64_t n,
+                                                  int width) {
+  for (uint64_t e = first; e < n; e += step) {
+    const uint64_t bit = e * uint64_t(width) + uint64_t(width - 1);
+    if ((packed[bit >> 3] >> (bit & 7)) & 1) return true;
+  }
+  return false;
+}
 
 // ---------------------------------------------------------------- encoder layout policy
 // How an encoder picks lanes and chunks. Every backend must pick the same to write the same
@@ -170,6 +186,11 @@ LICKD_HOST_DEVICE inline int put_varint(uint8_t* p, uint64_t v) {
   p[n++] = uint8_t(v);
   return n;
 }
+// Group b of a varint at bit `shift` as a reader accepts it: a last group of zero (after the
+// first) would be a longer form of a shorter varint, and the tenth group holds only bit 63.
+LICKD_HOST_DEVICE inline bool varint_group_ok(uint8_t b, int shift) {
+  return !(shift > 0 && b == 0) && !(shift == 63 && b > 1);
+}
 
 // ---------------------------------------------------------------- writer
 class ByteWriter {
@@ -216,10 +237,12 @@ class ByteReader {
     p_ += 4;
     return v;
   }
+  // Only the shortest form the writer produces is read: no trailing zero groups, no bits past 64.
   uint64_t varint(const char* what) {
     uint64_t v = 0;
     for (int shift = 0; shift < 64; shift += 7) {
       uint8_t b = u8(what);
+      if (!varint_group_ok(b, shift)) break;
       v |= uint64_t(b & 0x7F) << shift;
       if (!(b & 0x80)) return v;
     }

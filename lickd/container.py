@@ -148,9 +148,12 @@ class _Reader:
         return out
 
     def varint(self) -> int:
+        """Only the shortest form `_varint` writes (as the rANS streams' reader: csrc/rans_format.h)."""
         v = 0
         for shift in range(0, 64, 7):
             b = self.take(1)[0]
+            if (shift and b == 0) or (shift == 63 and b > 1):
+                break
             v |= (b & 0x7F) << shift
             if not b & 0x80:
                 return v

@@ -219,6 +219,8 @@ V = container._varint
     (_set(2, b"abc"), "8 bytes"),
     (lambda f: f.append(b"\x01\x7f"), "truncated header"),
     (lambda f: f.append(b"\x01\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01"), "malformed|truncated"),
+    (_set(9, b"\x85\x00" + V(5)), "malformed"),  # 5 written in two bytes: only the shortest form is read
+    (_set(9, b"\xff" * 9 + b"\x02" + V(5)), "malformed"),  # a 65th bit
 ])
 def test_hostile_headers_fail_fast(codecs, small_file, edit, match):
     with pytest.raises(LickdError, match=match):

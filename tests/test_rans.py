@@ -1,5 +1,9 @@
 """The CPU rANS coder: round trips on every table (escapes included), determinism, stream
 layout choices, and corrupt or truncated streams."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -86,6 +90,15 @@ def test_empty_and_single_symbol():
         sym, idx = torch.zeros(n, dtype=torch.int32), torch.full((n,), 5, dtype=torch.int32)
         data = gc.tables.encode(sym, idx)
         assert torch.equal(gc.tables.decode(data, idx), sym)
+    empty = torch.zeros(0, dtype=torch.int32)
+    for bare, flags_at in ((False, 3), (True, 0)):  # flags follow magic and version in a full stream
+        forms = {gc.tables.encode(empty, empty, lanes=lanes, chunks=chunks, bare=bare)
+                 for lanes in (0, 1, 8, 32) for chunks in (0, 3)}
+        assert len(forms) == 1  # an empty stream has one form, whatever the layout options
+        eight_lanes = bytearray(forms.pop())
+        eight_lanes[flags_at] |= 3 << 3
+        with pytest.raises(CorruptFileError, match="one lane"):
+            gc.tables.decode(bytes(eight_lanes), empty, bare=bare)
 
 
 def test_rate_close_to_ideal_code_length():
@@ -132,6 +145,55 @@ def test_invalid_tables_and_indexes_are_rejected():
         gc.tables.encode(sym, torch.tensor([0, 1, 64, 2]))
     with pytest.raises(ValueError, match="index"):
         gc.tables.decode(gc.tables.encode(sym, torch.zeros(4)), torch.tensor([0, -1, 0, 0]))
+
+
+def widened_escape_streams(gc):
+    """A one-symbol bare stream whose symbol is an escape, and copies of it with the escape width
+    byte widened while the value still fits its byte: the same symbol in a non-canonical stream."""
+    sym, idx = torch.tensor([40], dtype=torch.int32), torch.zeros(1, dtype=torch.int32)
+    data = gc.tables.encode(sym, idx, lanes=1, chunks=1, bare=True)
+    at = stream_info(data, bare_symbols=1)["header_bytes"] + 1  # chunk: varint n_escapes (1), u8 width
+    width = data[at]
+    assert data[at - 1] == 1 and 1 < width < 8
+    return sym, idx, data, [data[:at] + bytes([w]) + data[at + 1:] for w in range(width + 1, 9)]
+
+
+def overlong_varint_streams(gc):
+    """A one-symbol escape stream (bare) and copies of it that write a varint in a longer form of
+    the same value: the symbol count of the full stream, the escape count of the bare one (its chunk
+    size in the directory grown to match). Same symbols, non-canonical bytes."""
+    from lickd.container import _varint
+    sym, idx, bare, _ = widened_escape_streams(gc)
+    full = gc.tables.encode(sym, idx, lanes=1, chunks=1)
+    assert full[4] == 1  # magic (2), version, flags, then varint n_symbols
+    long_count = full[:4] + b"\x81\x00" + full[5:]
+    head = stream_info(bare, bare_symbols=1)["header_bytes"]
+    (size,) = stream_info(bare, bare_symbols=1)["chunk_bytes"]
+    assert bare[head] == 1 and bare[:2 + len(_varint(size))] == bare[:2] + _varint(size)
+    long_escapes = bare[:2] + _varint(size + 1) + b"\x81\x00" + bare[head + 1:]
+    return sym, idx, [(False, long_count), (True, long_escapes)]
+
+
+def test_only_the_shortest_varints_are_accepted():
+    gc = gaussian_model(15)
+    sym, idx, streams = overlong_varint_streams(gc)
+    for bare, data in streams:
+        with pytest.raises(CorruptFileError, match="malformed varint"):
+            gc.tables.decode(data, idx, bare=bare)
+    too_wide = gc.tables.encode(sym, idx, lanes=1, chunks=1)[:4] + b"\xff" * 9 + b"\x02"  # a 65th bit
+    with pytest.raises(CorruptFileError, match="malformed varint"):
+        gc.tables.decode(too_wide, idx)
+
+
+def test_only_the_narrowest_escape_width_is_accepted():
+    """Every stream the decoder accepts is the one the encoder writes: a wider escape width that
+    reads the same values is refused."""
+    gc = gaussian_model(15)
+    sym, idx, data, widened = widened_escape_streams(gc)
+    assert torch.equal(gc.tables.decode(data, idx, bare=True), sym)
+    for bad in widened:
+        with pytest.raises(CorruptFileError, match="escape width"):
+            gc.tables.decode(bad, idx, bare=True)
 
 
 def _small_stream(rng):
@@ -211,3 +273,14 @@ def test_random_garbage_never_crashes():
         for data in (tail, header + tail):
             with pytest.raises(CorruptFileError):
                 gc.tables.decode(data, idx)
+
+
+def test_mutation_fuzz_runs_clean():
+    """A short run of the long mutation fuzz (tests/fuzz/fuzz_rans.py; under ASan with
+    tests/fuzz/asan.sh, outside CI): every damaged copy decodes or raises CorruptFileError."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fuzz", "fuzz_rans.py")
+    seed = int(np.random.default_rng().integers(0, 2**31))
+    run = subprocess.run([sys.executable, script, "--cases", "40", "--seconds", "120", "--seed", str(seed)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "40 coded streams, 1280 damaged copies decoded" in run.stdout

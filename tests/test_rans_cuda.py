@@ -17,7 +17,7 @@ from lickd.entropy import EntropyBottleneck
 from lickd.entropy.coder import cuda_coder_built
 from lickd.errors import CorruptFileError
 
-from test_rans import gaussian_model, gaussian_symbols
+from test_rans import gaussian_model, gaussian_symbols, overlong_varint_streams, widened_escape_streams
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -233,6 +233,15 @@ def test_corrupt_and_truncated_streams_and_bad_indexes_are_errors(coder_for):
     for n in range(0, len(data), 23):
         with pytest.raises(CorruptFileError):
             gpu.decode([data[:n]], [idx])
+    esc_sym, esc_idx, one, widened = widened_escape_streams(gc)  # canonical escape widths only, as on the CPU
+    assert torch.equal(gpu.decode([one], [esc_idx], bare=True)[0], esc_sym)
+    for bad in widened:
+        with pytest.raises(CorruptFileError):
+            gpu.decode([bad], [esc_idx], bare=True)
+    _, _, overlong = overlong_varint_streams(gc)  # shortest varints only, as on the CPU
+    for bare, bad in overlong:
+        with pytest.raises(CorruptFileError):
+            gpu.decode([bad], [esc_idx], bare=bare)
     with pytest.raises(ValueError, match="index"):
         gpu.decode([data], [torch.full_like(idx, 64)])
     bad_idx = idx.clone()
