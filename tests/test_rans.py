@@ -27,7 +27,7 @@ def gaussian_symbols(gc, n, rng, escape_rate=0.01):
     esc = torch.from_numpy(rng.random(n) < escape_rate)
     far = torch.from_numpy(rng.integers(-2**31, 2**31, n, dtype=np.int64)).int()
     sym[esc] = far[esc]
-    sym[:2] = torch.tensor([-2**31, 2**31 - 1], dtype=torch.int32)
+    sym[:2] = torch.tensor([-2**31, 2**31 - 1], dtype=torch.int32)[:n]  # both int32 extremes (n >= 2)
     return sym, idx
 
 
