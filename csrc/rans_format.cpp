@@ -108,6 +108,8 @@ void choose_layout(StreamHeader& h, int64_t n, uint64_t cost_q16, const EncodeOp
   constexpr int64_t kMinSymbolsPerChunk = 4096;
   h.n_symbols = uint64_t(n);
   h.n_chunks = 0;
+  h.log2_lanes = 0;
+  if (n == 0) return;  // an empty stream records one lane, whatever was asked: one form
   const int64_t sampled = estimate_sample_count(n);
   const double bits = sampled ? double(cost_q16) / 65536.0 * double(n) / double(sampled) : 0.0;
   const double budget_lanes = std::max(1.0, opt.max_overhead * bits / 8.0 / kBytesPerLane);
@@ -116,8 +118,7 @@ void choose_layout(StreamHeader& h, int64_t n, uint64_t cost_q16, const EncodeOp
     lanes = 1;
     while (lanes < (1 << kMaxLog2Lanes) && 2 * lanes <= budget_lanes) lanes *= 2;
   }
-  h.log2_lanes = n ? floor_log2_u64(uint64_t(lanes)) : 0;  // an empty stream records one lane: one form
-  if (n == 0) return;
+  h.log2_lanes = floor_log2_u64(uint64_t(lanes));
   int64_t chunks = opt.chunks;
   if (chunks == 0) {
     chunks = std::max<int64_t>(1, int64_t(budget_lanes / lanes));

@@ -167,8 +167,8 @@ def overlong_varint_streams(gc):
     full = gc.tables.encode(sym, idx, lanes=1, chunks=1)
     assert full[4] == 1  # magic (2), version, flags, then varint n_symbols
     long_count = full[:4] + b"\x81\x00" + full[5:]
-    head = stream_info(bare, bare_symbols=1)["header_bytes"]
-    (size,) = stream_info(bare, bare_symbols=1)["chunk_bytes"]
+    info = stream_info(bare, bare_symbols=1)
+    head, (size,) = info["header_bytes"], info["chunk_bytes"]
     assert bare[head] == 1 and bare[:2 + len(_varint(size))] == bare[:2] + _varint(size)
     long_escapes = bare[:2] + _varint(size + 1) + b"\x81\x00" + bare[head + 1:]
     return sym, idx, [(False, long_count), (True, long_escapes)]
