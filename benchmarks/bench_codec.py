@@ -1,6 +1,7 @@
 """End-to-end codec time per image: lickd against CompressAI on the same architecture and weights.
 
     python benchmarks/bench_codec.py [--kodak DIR] [--limit N] [--N 64 --M 192] [--device cpu|cuda] [--json out.json]
+    python benchmarks/bench_codec.py --memory [--sizes 1,12,24] [--tile auto|0|PIXELS] [--json out.json]
 
 Both sides code the same padded image with the same weights (a CompressAI mbt2018-mean model,
 randomly initialised unless --weights gives a lickd file; trained weights change the bytes, not
@@ -8,6 +9,10 @@ the pipeline). lickd's time covers the whole file path (padding, container, chec
 is its model.compress / model.decompress. The coder share is what is left after the transforms
 (g_a, h_a, h_s, g_s), timed by synchronised forward hooks. Batch 1 (medians over images), then
 the same-size images as one batch (time per image).
+
+``--memory``: peak RSS of one encode and one decode of a synthetic photo-like image at each size
+(megapixels, 3:4), each in a fresh subprocess (``ru_maxrss``, so imports and model count: the
+"idle" column is that floor), with the MP/s of both; N=64/M=192 mbt2018-mean by default.
 """
 from __future__ import annotations
 
@@ -15,20 +20,24 @@ import argparse
 import copy
 import json
 import os
+import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 import torch
 
 from lickd import StudentCodec, zoo
+from lickd.device import resolve_device, synchronize
 from lickd.entropy.coder import cuda_coder_built
-from lickd.eval.bench import stage_timer, synchronize
-from lickd.image import list_images
-from lickd.eval.runner import load_rgb
+from lickd.eval.bench import stage_timer
+from lickd.image import list_images, load_rgb, pad_to_multiple, to_tensor
 from lickd.provenance import environment
-from lickd.image import pad_to_multiple, to_tensor
 from lickd.models import MeanScaleHyperprior
 
 
@@ -49,26 +58,25 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kodak", default="../shared/data/kodak")
     p.add_argument("--limit", type=int, default=4)
-    p.add_argument("--N", type=int, default=128)
+    p.add_argument("--N", type=int, help="default 128 (64 with --memory)")
     p.add_argument("--M", type=int, default=192)
     p.add_argument("--weights", help="lickd weights (mbt2018-mean) instead of random ones")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json")
+    p.add_argument("--memory", action="store_true", help="peak RSS and MP/s of large images instead")
+    p.add_argument("--sizes", default="1,12,24", help="--memory: megapixels, comma-separated")
+    p.add_argument("--tile", default="auto", help="--memory: StudentCodec's tile (auto, 0: none, or pixels)")
+    p.add_argument("--child", nargs=3, metavar=("STAGE", "MP", "FILE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     torch.set_grad_enabled(False)
+    if args.child:
+        return memory_child(args, device, *args.child)
+    if args.memory:
+        return memory_main(args, argv)
 
-    if args.weights:
-        ours, info = zoo.load_weights(args.weights)
-        weights_note = f"weights {info.name}@{info.short_hash}"
-    else:
-        torch.manual_seed(0)
-        ours = MeanScaleHyperprior(args.N, args.M).eval()
-        ours.update()
-        info = zoo.ModelInfo(name="random-init", architecture="mbt2018-mean", N=args.N, M=args.M)
-        weights_note = "random-init weights (no trained model yet)"
-    codec = StudentCodec(ours, info, device=device)
+    codec, weights_note = make_codec(args, device, 128)
+    ours = codec.model
     try:
         from compressai.models import MeanScaleHyperprior as CaiMeanScale
     except ImportError:
@@ -126,6 +134,106 @@ def main(argv=None):
                                                    "median_s": med, "batched_s": cai_batched, "per_image_s": rows},
                                                "lickd": results, "batch": len(same), "environment": environment()},
                                               indent=2))
+
+
+def make_codec(args, device, default_n: int, tile=None):
+    """The codec under test and a note on its weights."""
+    if args.weights:
+        model, info = zoo.load_weights(args.weights)
+        note = f"weights {info.name}@{info.short_hash}"
+    else:
+        torch.manual_seed(0)
+        n = args.N or default_n
+        model = MeanScaleHyperprior(n, args.M).eval()
+        model.update()
+        info = zoo.ModelInfo(name="random-init", architecture="mbt2018-mean", N=n, M=args.M)
+        note = "random-init weights (no trained model yet)"
+    return StudentCodec(model, info, device=device, tile=tile), note
+
+
+def photo_like(megapixels: float, seed: int = 0) -> np.ndarray:
+    """A 3:4 uint8 RGB image with a photo's mix of smooth gradients, edges, texture and noise,
+    made a band of rows at a time (its generation adds little to the peak it is measured by)."""
+    h = max(1, round((megapixels * 1e6 * 3 / 4) ** 0.5))
+    w = max(1, round(megapixels * 1e6 / h))
+    rng = np.random.default_rng(seed)
+    img = np.empty((h, w, 3), np.uint8)
+    xx = np.arange(w, dtype=np.float32)[None, :, None]
+    phase = np.arange(3, dtype=np.float32)
+    for r in range(0, h, 256):
+        yy = np.arange(r, min(r + 256, h), dtype=np.float32)[:, None, None]
+        band = 128 + 70 * np.sin(xx / (0.21 * w) + phase) * np.cos(yy / (0.17 * h) - phase)
+        band += 25 * np.sign(np.sin(xx / 97 + yy / 61))  # edges
+        band += 12 * np.sin(xx / 3.1 + phase) * np.sin(yy / 4.3)  # texture
+        band += rng.normal(0, 4, band.shape).astype(np.float32)
+        img[r:r + band.shape[0]] = np.clip(band, 0, 255).astype(np.uint8)
+    return img
+
+
+def _rss_mb(field: str = "VmRSS") -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def memory_child(args, device, stage: str, megapixels: str, path: str) -> None:
+    """One encode (image -> ``path``) or decode (``path`` -> PIL image) in this fresh process;
+    prints its peak RSS and time as JSON."""
+    tile = None if args.tile == "auto" else int(args.tile)
+    codec, _ = make_codec(args, device, 64, tile=tile)
+    idle = _rss_mb()
+    if stage == "encode":
+        img = photo_like(float(megapixels))
+        h, w = img.shape[:2]
+        t0 = time.perf_counter()
+        data = codec.compress(img)
+        seconds = time.perf_counter() - t0
+        Path(path).write_bytes(data)
+    else:
+        data = Path(path).read_bytes()
+        t0 = time.perf_counter()
+        out = codec.decompress(data)
+        seconds = time.perf_counter() - t0
+        w, h = out.size
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    f = codec.model.downsampling_factor
+    print(json.dumps({"stage": stage, "megapixels": h * w / 1e6, "height": h, "width": w, "bytes": len(data),
+                      "seconds": seconds, "mp_per_s": h * w / 1e6 / seconds, "peak_rss_mb": peak,
+                      "idle_rss_mb": idle, "tile": codec.tile_for([-(-n // f) * f for n in (h, w)]), "threads": torch.get_num_threads(),
+                      "architecture": codec.info.architecture, "N": codec.model.N, "M": codec.model.M}))
+
+
+def memory_main(args, argv) -> None:
+    """Encode then decode at each size, each in its own subprocess; the table and --json."""
+    rows = []
+    passed = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--memory",)]
+    with tempfile.TemporaryDirectory() as tmp:
+        for mp in [s for s in args.sizes.split(",") if s]:
+            path = os.path.join(tmp, f"{mp}.lkd")
+            row = {}
+            for stage in ("encode", "decode"):
+                r = subprocess.run([sys.executable, __file__, *passed, "--child", stage, mp, path],
+                                   capture_output=True, text=True)
+                if r.returncode:
+                    sys.exit(f"{stage} at {mp} MP failed:\n{r.stderr[-3000:]}")
+                row[stage] = json.loads(r.stdout.strip().splitlines()[-1])
+            rows.append(row)
+    first = rows[0]["encode"] if rows else {}
+    env = environment()
+    print(f"{first.get('architecture')} N={first.get('N')} M={first.get('M')}, {args.weights or 'random-init'}; "
+          f"peak RSS of each process ({first.get('threads')} thread(s), tile {args.tile}); {env['cpu']}")
+    print(f"{'MP':>6s} {'size':>12s} {'tile':>5s} {'idle MB':>8s} {'encode MB':>10s} {'s':>7s} {'MP/s':>6s} "
+          f"{'decode MB':>10s} {'s':>7s} {'MP/s':>6s}")
+    for row in rows:
+        e, d = row["encode"], row["decode"]
+        print(f"{e['megapixels']:6.1f} {e['width']:>5d}x{e['height']:<6d} {e['tile']:5d} {e['idle_rss_mb']:8.0f} "
+              f"{e['peak_rss_mb']:10.0f} {e['seconds']:7.2f} {e['mp_per_s']:6.2f} "
+              f"{d['peak_rss_mb']:10.0f} {d['seconds']:7.2f} {d['mp_per_s']:6.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"mode": "memory", "weights": args.weights or "random-init",
+                                               "tile": args.tile, "rows": rows, "environment": env}, indent=2))
 
 
 def lickd_rows(codec, images, same, device, cuda_coder: str, fused: bool) -> dict:

@@ -75,13 +75,11 @@ def coded_latents(model, x):
 
 
 def model_workload(weights, image):
-    from PIL import Image
-
     from lickd import StudentCodec
-    from lickd.image import pad_to_multiple, to_tensor
+    from lickd.image import load_rgb, pad_to_multiple, to_tensor
 
     codec = StudentCodec.from_file(weights, device="cpu")
-    x = pad_to_multiple(to_tensor(Image.open(image))[0], codec.model.downsampling_factor)
+    x = pad_to_multiple(to_tensor(load_rgb(image))[0], codec.model.downsampling_factor)
     symbols, scales, _ = coded_latents(codec.model, x)
     return symbols.reshape(-1), scales.reshape(-1), f"y of {codec.name} on {os.path.basename(image)}"
 
@@ -89,11 +87,9 @@ def model_workload(weights, image):
 def file_overhead(weights, directory):
     """Per image: .lkd file bytes, stream bytes and the ideal -sum log2 p of y and z (the
     model's own tables, the exact entropy parameters the codec uses)."""
-    from PIL import Image
-
     from lickd import StudentCodec
     from lickd.container import parse
-    from lickd.image import list_images, pad_to_multiple, to_tensor
+    from lickd.image import list_images, load_rgb, pad_to_multiple, to_tensor
 
     codec = StudentCodec.from_file(weights, device="cpu")
     model = codec.model
@@ -103,7 +99,7 @@ def file_overhead(weights, directory):
     rows = []
     for path in list_images(directory):
         name = os.path.basename(path)
-        image = Image.open(path).convert("RGB")
+        image = load_rgb(path)
         data = codec.compress(image)
         y_sym, scales, z_sym = coded_latents(model, pad_to_multiple(to_tensor(image)[0], model.downsampling_factor))
         z_idx = eb._build_indexes(z_sym.size(), z_sym.device)
@@ -111,7 +107,7 @@ def file_overhead(weights, directory):
                              gc.build_indexes(scales).reshape(-1), gc.table_precision())
                  + ideal_bytes(eb._quantized_cdf, eb._offset, eb._cdf_length, z_sym.reshape(-1), z_idx.reshape(-1),
                                eb.table_precision()))
-        rows.append({"image": name, "pixels": image.width * image.height, "file_bytes": len(data),
+        rows.append({"image": name, "pixels": image.shape[0] * image.shape[1], "file_bytes": len(data),
                      "stream_bytes": parse(data).payload_bytes(), "ideal_bytes": ideal})
     return codec.name, rows
 

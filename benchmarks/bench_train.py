@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 from lickd import zoo
-from lickd.eval.bench import BusySampler, synchronize
+from lickd.device import synchronize
+from lickd.eval.bench import BusySampler
 from lickd.models import build_model
 from lickd.provenance import environment
 from lickd.train.config import load_config

@@ -104,7 +104,7 @@ void check_encode_options(const EncodeOptions& opt) {
 }
 
 void choose_layout(StreamHeader& h, int64_t n, uint64_t cost_q16, const EncodeOptions& opt) {
-  constexpr double kBytesPerLane = 3.0;  // measured flush cost of one lane (rans.md §4.2)
+  constexpr double kBytesPerLane = 3.0;  // measured flush cost of one lane (docs/format.md)
   constexpr int64_t kMinSymbolsPerChunk = 4096;
   h.n_symbols = uint64_t(n);
   h.n_chunks = 0;

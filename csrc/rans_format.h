@@ -1,7 +1,7 @@
 // lickd rANS stream format, version 1: constants and byte-level helpers shared by
 // the CPU coder (rans_cpu.cpp) and any other backend that must produce the same bytes.
 //
-// Coding core (see ../shared/design/rans.md §5): 32-bit state, L = 2^16, 16-bit
+// Coding core (docs/format.md): 32-bit state, L = 2^16, 16-bit
 // renormalisation words, CDF precision P in [12, 16]. A stream codes N symbols split into
 // n_chunks chunks of equal symbol count; inside a chunk, symbol j goes to lane j % K at step
 // j / K. All integers are little-endian.

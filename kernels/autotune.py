@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import statistics
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +25,8 @@ from typing import Callable, Iterable, Optional
 
 import torch
 import triton
+
+from ..fileio import atomic_write
 
 CACHE_VERSION = 1
 
@@ -92,10 +93,8 @@ class Autotuner:
     def _write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         doc = {"version": CACHE_VERSION, "devices": self._entries}
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".autotune-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1, sort_keys=True)
-        os.replace(tmp, self.path)  # atomic: concurrent readers see the old or the new file
+        # atomic: concurrent readers see the old or the new file
+        atomic_write(self.path, json.dumps(doc, indent=1, sort_keys=True).encode())
 
     def cached(self, device: torch.device, shape_key: str) -> Optional[Config]:
         entry = self._entries.get(device_key(device), {}).get(shape_key)

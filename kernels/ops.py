@@ -54,7 +54,7 @@ def launch_config(cout: int, act: str, dtype: torch.dtype, transposed: bool) -> 
 
     64 pixels per program with 8 warps wherever that compiles without spills for sm_90: Triton
     then emits Hopper's warpgroup MMA (HGMMA; with 32 pixels it falls back to HMMA), and
-    kernels.md's measured prototype found 64 best. 32 pixels for the layers that would spill at 64
+    docs/kernels.md's measurements found 64 best. 32 pixels for the layers that would spill at 64
     with Triton 3.6 or 3.8 (padded width above 320; transposed convolutions above 256, or from 128
     in fp32), with 8 warps from 128 padded channels except fp32 layers without GDN at 128 (Triton
     3.6 spills those with 8).
@@ -123,7 +123,7 @@ def _dummy(device, dtype=torch.float32):
 
 def k_splits(programs: int, k_total: int, device: torch.device, dtype: torch.dtype) -> int:
     """Split-K slices for a layer of ``programs`` output tiles: the small late layers fill less than
-    one wave of the GPU (kernels.md: 14-26 % of roofline), so their reduction is cut into slices
+    one wave of the GPU (docs/kernels.md: 14-26 % of roofline), so their reduction is cut into slices
     until there are about two programs per SM, each slice at least 4 BLOCK_K steps long. 16-bit
     storage only (the latency path; fp32 slices of some layers would spill on sm_90)."""
     if device.type != "cuda" or dtype == torch.float32:

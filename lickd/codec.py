@@ -7,7 +7,9 @@
 
 Data flow: image -> pad -> g_a -> quantise -> entropy model -> rANS -> container, and back.
 Any H x W is accepted: the image is padded to the model's downsampling factor by replicating
-its border, and the decoder crops back to the original size stored in the header.
+its border, and the decoder crops back to the original size stored in the header. Large images
+go through g_a and g_s in overlapping tiles (lickd.tiling): the same latents and file, pixels to
+float rounding, in bounded memory.
 """
 from __future__ import annotations
 
@@ -17,12 +19,14 @@ from typing import Sequence, Union
 
 import torch
 
-from . import container, zoo
+from . import container, tiling, zoo
 from .entropy.coder import STREAM_VERSION
 from .entropy.exact import EXACT_VERSION
+from .device import resolve_device
 from .errors import CorruptFileError, LickdError
-from .image import ImageLike, OutputKind, from_tensor, pad_to_multiple, to_tensor
-from .models import CompressionModel
+from .image import ImageLike, OutputKind, from_tensor, to_tensor
+from .models import CompressionModel, check_quality, quality_lambda
+from .models.variable_rate import DEFAULT_QUALITY
 
 
 #: The .lkd ``coder`` field, "rans1b+x1": bare rANS streams of format v1 (csrc/rans_format.h; the
@@ -30,27 +34,37 @@ from .models import CompressionModel
 #: (lickd.entropy.exact), which together decide how the bytes map back to latents.
 FILE_CODER = f"rans{STREAM_VERSION}b+x{EXACT_VERSION}"
 
-
-def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise LickdError("CUDA was requested but no CUDA device is available")
-    return device
+#: With ``tile=None`` (automatic), images of more padded pixels than this run g_a and g_s in
+#: tiles of ``DEFAULT_TILE`` pixels: below it the whole-image pass is as fast and fits easily
+#: (benchmarks/bench_codec.py --memory measures both).
+TILE_THRESHOLD = 2_000_000
+DEFAULT_TILE = 512
 
 
 class StudentCodec:
     """A lickd model bound to the identity written into every file it encodes."""
 
-    def __init__(self, model: CompressionModel, info: zoo.ModelInfo, device: Union[str, torch.device, None] = "auto"):
+    def __init__(self, model: CompressionModel, info: zoo.ModelInfo, device: Union[str, torch.device, None] = "auto",
+                 quality: Union[int, float, None] = None, tile: Union[int, None] = None):
         self.device = resolve_device(device)
+        #: g_a and g_s tiles, in pixels a side: None picks (tiles of DEFAULT_TILE above
+        #: TILE_THRESHOLD pixels), 0 never tiles; files do not depend on it
+        if tile is not None and int(tile) < 0:
+            raise ValueError(f"tile must be None, 0 or a number of pixels, got {tile}")
+        self.tile = tile
         self.model = model.to(self.device).eval()
         self.model.entropy_parameters = "exact"  # files decode on any device (lickd.entropy.exact)
         self.model.update(force=False)  # no-op when the tables shipped with the weights
         if not info.sha256:  # weights without a file: identify them by their state
             info = dataclasses.replace(info, sha256=zoo.state_sha256(self.model))
         self.info = info
+        #: what ``compress`` codes at when given no quality (variable-rate models only)
+        self.quality = None
+        if model.variable_rate:
+            self.quality = check_quality(quality if quality is not None else
+                                         info.quality if info.quality is not None else DEFAULT_QUALITY)
+        elif quality is not None:
+            self.quality_for(quality)  # refuses a quality the model does not code at
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -59,47 +73,89 @@ class StudentCodec:
         return cls(model, info, device)
 
     @classmethod
-    def from_pretrained(cls, name_or_quality: Union[str, int] = 3,
+    def from_pretrained(cls, name_or_quality: Union[str, int, float, None] = None,
                         device: Union[str, torch.device, None] = "auto") -> "StudentCodec":
-        """A shipped model by registry name (``name`` or ``name@hash``) or by quality 1..8 (the
-        nearest registered quality, with a warning, when that one is not shipped)."""
-        if isinstance(name_or_quality, int):
-            entry = zoo.find_quality(name_or_quality)
+        """A shipped model: the default one (no argument), one by registry name (``name`` or
+        ``name@hash``), or the one for a quality 1..8 (the default variable-rate model codes at
+        any quality in that range, fractions too; among fixed-rate models the nearest quality,
+        with a warning, when that one is not shipped)."""
+        quality = None
+        if name_or_quality is None:
+            entry = zoo.find_default()
+        elif isinstance(name_or_quality, (int, float)):
+            entry, quality = zoo.find_quality(name_or_quality), name_or_quality
         else:
             entry = zoo.find(name=name_or_quality)
         model, info = zoo.load_weights(entry.path, expected_sha256=entry.sha256)
-        return cls(model, info, device)
+        return cls(model, info, device, quality=quality if model.variable_rate else None)
 
     @property
     def name(self) -> str:
         return f"{self.info.name}@{self.info.short_hash}"
 
+    @property
+    def variable_rate(self) -> bool:
+        return self.model.variable_rate
+
+    def quality_for(self, quality=None):
+        """The quality a file will record: for a variable-rate model ``quality`` (any value in
+        1..8; default: the model's default quality), for a fixed-rate model its own (another
+        one is refused)."""
+        if self.variable_rate:
+            return check_quality(self.quality if quality is None else quality)
+        if quality is not None and (self.info.quality is None or float(quality) != float(self.info.quality)):
+            raise LickdError(f"model '{self.info.name}' codes at one rate only (quality {self.info.quality}); "
+                             f"quality {quality} needs a variable-rate model")
+        return self.info.quality
+
     # ------------------------------------------------------------------ coding
-    def compress(self, image: ImageLike, **coder_options) -> bytes:
-        """Encodes an image (PIL, uint8 array or float tensor) to the bytes of a .lkd file."""
-        return self.compress_batch([image], **coder_options)[0]
+    def compress(self, image: ImageLike, quality=None, **coder_options) -> bytes:
+        """Encodes an image (PIL, uint8 array or float tensor) to the bytes of a .lkd file;
+        ``quality`` (1..8, fractions too) picks the rate of a variable-rate model."""
+        return self.compress_batch([image], quality, **coder_options)[0]
 
     @torch.inference_mode()
-    def compress_batch(self, images: Sequence[ImageLike], **coder_options) -> list[bytes]:
+    def compress_batch(self, images: Sequence[ImageLike], quality=None, **coder_options) -> list[bytes]:
         """Encodes many images; those of the same padded size go through the network together."""
+        quality = self.quality_for(quality)
         factor = self.model.downsampling_factor
         tensors = [to_tensor(img)[0] for img in images]
+        sizes = [t.shape[-2:] for t in tensors]
         out: list[bytes] = [b""] * len(tensors)
-        for padded, members in _group_by(tensors, lambda t: _padded_size(t.shape[-2:], factor)).items():
-            x = torch.cat([pad_to_multiple(tensors[i].to(self.device), factor) for i in members])
-            coded = self.model.compress(x, bare=True, **coder_options)
+        for padded, members in _group_by(sizes, lambda s: _padded_size(s, factor)).items():
+            y = self._analysis([tensors[i] for i in members], padded, quality)
+            for i in members:  # the float images are not needed past g_a: free them before coding
+                tensors[i] = None
+            coded = self.model.compress(None, quality=quality, bare=True, y=y, **coder_options)
             shapes = self.model.latent_shapes(*padded)
             for k, i in enumerate(members):
                 sections = [container.Section(name, shapes[name], strings[k])
                             for name, strings in zip(self.model.latent_names, coded["strings"])]
-                out[i] = self._file(tensors[i].shape[-2:], sections).to_bytes()
+                out[i] = self._file(sizes[i], sections, quality).to_bytes()
         return out
 
-    def _file(self, size, sections) -> container.LkdFile:
+    def tile_for(self, padded) -> int:
+        """The tile edge (pixels) of g_a and g_s for images of ``padded`` (H, W); 0: the whole image."""
+        if self.tile is not None:
+            return int(self.tile)
+        large = padded[0] * padded[1] > TILE_THRESHOLD
+        return DEFAULT_TILE if large and tiling.can_tile(self.model.g_a) and tiling.can_tile(self.model.g_s) else 0
+
+    def _analysis(self, images: list[torch.Tensor], padded, quality) -> torch.Tensor:
+        """y of same-padded-size images; each tile (or the whole image) is padded and moved to
+        the device on its own, so no padded copy of a whole large image is made."""
+        def source(rows, cols):
+            parts = [tiling.replicate_crop(t, rows, cols).to(self.device) for t in images]
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+        return tiling.analysis(self.model, source, quality, self.tile_for(padded), size=padded, images=len(images))
+
+    def _file(self, size, sections, quality) -> container.LkdFile:
         info = self.info
+        lmbda = float(quality_lambda(quality)) if self.variable_rate and info.metric == "mse" else info.lmbda
         return container.LkdFile(
             model=info.name, weights=info.short_hash, architecture=info.architecture, N=info.N, M=info.M,
-            height=int(size[0]), width=int(size[1]), coder=FILE_CODER, quality=info.quality, lmbda=info.lmbda,
+            height=int(size[0]), width=int(size[1]), coder=FILE_CODER, quality=quality, lmbda=lmbda,
             metric=info.metric, sections=sections)
 
     def check_file(self, f: container.LkdFile) -> None:
@@ -113,6 +169,13 @@ class StudentCodec:
         got = {s.name: s.shape for s in f.sections}
         if got != expected:
             raise CorruptFileError(f"latent shapes {got} do not match the model and image size ({expected})")
+        if self.variable_rate:
+            if f.quality is None:
+                raise CorruptFileError("the file records no quality, which its variable-rate model needs")
+            try:
+                check_quality(f.quality)
+            except ValueError as e:
+                raise CorruptFileError(f"header field 'quality': {e}") from None
 
     def _decode_group(self, files: list[container.LkdFile]) -> dict[str, torch.Tensor]:
         """Quantised latents of files of one padded size, decoded as one batch."""
@@ -141,9 +204,12 @@ class StudentCodec:
             self.check_file(f)
         factor = self.model.downsampling_factor
         out: list = [None] * len(files)
-        for _, members in _group_by(files, lambda f: _padded_size((f.height, f.width), factor)).items():
-            latents = self._decode_group([files[i] for i in members])
-            x_hat = self.model.g_s(latents["y"]).clamp_(0, 1)
+        for padded, members in _group_by(files, lambda f: _padded_size((f.height, f.width), factor)).items():
+            group = [files[i] for i in members]
+            y_hat = self._decode_group(group)["y"]
+            quality = torch.tensor([float(f.quality) for f in group]) if self.variable_rate else None
+            x_hat = tiling.synthesis(self.model, y_hat, quality, self.tile_for(padded)).clamp_(0, 1)
+            del y_hat  # before the conversion to 8 bits
             for k, i in enumerate(members):
                 out[i] = from_tensor(x_hat[k:k + 1, :, : files[i].height, : files[i].width], output)
         return out

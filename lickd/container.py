@@ -33,16 +33,22 @@ FORMAT_VERSION = 1
 MAX_PIXELS = 89_478_485
 MAX_SIDE = 65_535
 MAX_SECTIONS = 16
+#: A bound on what a header may declare (an image of MAX_PIXELS pixels is 268 MB as raw RGB); a
+#: section length within it but past the end of the data is a truncated file.
+MAX_FILE_BYTES = 1 << 32
 
 _PREFIX = struct.Struct("<4sBBH")
 _CRC = struct.Struct("<I")
 _F32 = struct.Struct("<f")
 
-# tag -> (field, kind); kind: "str", "int", "hash", "f32", "size", "latent" (repeatable)
+# tag -> (field, kind); kind: "str", "int", "hash", "f32", "size", "latent" (repeatable).
+# A whole quality is written as tag 6 (a varint, as since version 1), a fractional one (what a
+# variable-rate model codes at, e.g. 3.5) as tag 12 (float32); a file holds at most one of them.
 TAGS = {1: ("model", "str"), 2: ("weights", "hash"), 3: ("architecture", "str"), 4: ("N", "int"), 5: ("M", "int"),
         6: ("quality", "int"), 7: ("lambda", "f32"), 8: ("metric", "str"), 9: ("size", "size"), 10: ("coder", "str"),
-        11: ("latent", "latent")}
-_TAG_OF = {name: tag for tag, (name, _) in TAGS.items()}
+        11: ("latent", "latent"), 12: ("quality", "f32")}
+_TAG_OF = {name: tag for tag, (name, _) in sorted(TAGS.items(), reverse=True)}  # "quality": 6
+_FRACTIONAL_QUALITY = 12
 REQUIRED = ("model", "weights", "architecture", "N", "M", "metric", "size", "coder")
 
 
@@ -63,7 +69,7 @@ class LkdFile:
     height: int
     width: int
     coder: str
-    quality: int | None = None
+    quality: int | float | None = None  # a variable-rate model decodes at exactly this quality
     lmbda: float | None = None
     metric: str = "mse"
     sections: list[Section] = field(default_factory=list)
@@ -104,7 +110,12 @@ class LkdFile:
         put("N", _varint(self.N))
         put("M", _varint(self.M))
         if self.quality is not None:
-            put("quality", _varint(self.quality))
+            if float(self.quality).is_integer():
+                put("quality", _varint(int(self.quality)))
+            else:
+                out.append(_FRACTIONAL_QUALITY)
+                out.extend(_varint(_F32.size))
+                out.extend(_F32.pack(self.quality))
         if self.lmbda is not None:
             put("lambda", _F32.pack(self.lmbda))
         put("size", _varint(self.height) + _varint(self.width))
@@ -176,8 +187,11 @@ def _decode_field(name: str, kind: str, value: bytes):
         return value.hex()
     if kind == "f32":
         if len(value) != 4:
-            raise CorruptFileError("header field 'lambda' must hold 4 bytes")
-        return float(f"{_F32.unpack(value)[0]:.7g}")  # the float32 value's shortest decimal
+            raise CorruptFileError(f"header field '{name}' must hold 4 bytes")
+        out = _F32.unpack(value)[0]
+        if out != out or abs(out) == float("inf"):
+            raise CorruptFileError(f"header field '{name}' is not a finite number")
+        return out if name == "quality" else float(f"{out:.7g}")  # lambda: the float32's shortest decimal
     if kind == "int":
         out = r.varint()
     elif kind == "size":
@@ -197,6 +211,12 @@ def _decode_field(name: str, kind: str, value: bytes):
 def _check_range(name: str, value: int, low: int, high: int) -> int:
     if not low <= value <= high:
         raise CorruptFileError(f"header field '{name}' out of range ({value})")
+    return value
+
+
+def _check_quality(value):
+    if not 0 <= value <= 1000:
+        raise CorruptFileError(f"header field 'quality' out of range ({value})")
     return value
 
 
@@ -245,13 +265,14 @@ def read_header(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[LkdFile, int
     f = LkdFile(model=fields["model"], weights=fields["weights"], architecture=fields["architecture"],
                 N=_check_range("N", fields["N"], 1, 4096), M=_check_range("M", fields["M"], 1, 4096),
                 height=height, width=width, coder=fields["coder"],
-                quality=_check_range("quality", fields["quality"], 0, 1000) if "quality" in fields else None,
+                quality=_check_quality(fields["quality"]) if "quality" in fields else None,
                 lmbda=fields.get("lambda"), metric=fields["metric"], version=version)
     sizes = []
     for name, shape, nbytes in latents:
         for v in shape:
             _check_range(f"shape of {name}", v, 0, MAX_SIDE)
-        sizes.append(_check_range(f"bytes of {name}", nbytes, 0, len(data)))
+        # a length past the end of the data: parse() reports the file truncated
+        sizes.append(_check_range(f"bytes of {name}", nbytes, 0, MAX_FILE_BYTES))
         f.sections.append(Section(name, shape, b""))
     return f, end + _CRC.size, sizes
 
@@ -261,7 +282,8 @@ def parse(data: bytes, max_pixels: int = MAX_PIXELS) -> LkdFile:
     f, pos, sizes = read_header(data, max_pixels)
     expected = pos + sum(sizes) + _CRC.size * len(sizes)
     if len(data) != expected:
-        raise CorruptFileError("truncated file" if len(data) < expected else "trailing bytes after the last section")
+        raise CorruptFileError(f"truncated: {len(data)} bytes, the header declares {expected}" if len(data) < expected
+                               else "trailing bytes after the last section")
     for s, n in zip(f.sections, sizes):
         s.data = bytes(data[pos:pos + n])
         if zlib.crc32(s.data) != _CRC.unpack_from(data, pos + n)[0]:

@@ -1,9 +1,14 @@
-"""Image <-> tensor conversion and padding for the codec.
+"""Image files, image <-> tensor conversion and padding for the codec.
 
 Accepted inputs: a PIL image, a uint8 numpy array (H x W or H x W x 3) or a float tensor
 (3 x H x W or 1 x 3 x H x W, values in [0, 1]). Greyscale, palette, bilevel and CMYK images are
 converted to RGB with a warning; alpha channels and 16-bit or float images are refused with a
 clear error, never silently truncated.
+
+``read_image`` and ``load_rgb`` are lickd's one way to read an image file (the command line,
+evaluation, training data and the benchmarks all use them). Pillow opens a 48-bit RGB PNG or TIFF
+and a 16-bit PPM as 8-bit "RGB", dropping the low byte of every sample; only the decoder's raw
+mode still tells, so the file's sample width is checked before its pixels are read.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from typing import Literal, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from .errors import ImageFormatError
@@ -27,8 +32,23 @@ _CONVERTIBLE = {"L": "greyscale", "P": "palette", "1": "bilevel", "CMYK": "CMYK"
 _ALPHA = {"RGBA", "LA", "PA", "RGBa", "La"}
 
 
+def _check_bit_depth(img: Image.Image) -> None:
+    """Refuses a not yet loaded image that stores more than 8 bits per sample in a mode Pillow
+    reads as 8 bits: a 16-bit raw mode (RGB;16B, RGB;16L...), or a PPM of maximum value > 255.
+    (Once loaded, an image no longer tells.)"""
+    for tile in getattr(img, "tile", None) or ():
+        args = tile[3]
+        rawmode = args if isinstance(args, str) else (args[0] if args and isinstance(args[0], str) else "")
+        deep_ppm = img.format == "PPM" and isinstance(args, tuple) and len(args) > 1 \
+            and isinstance(args[1], int) and args[1] > 255
+        if ";16" in rawmode or deep_ppm:
+            raise ImageFormatError(f"image is 16-bit per channel ({img.format} {img.mode}); lickd codes 8-bit RGB: "
+                                   "convert it to 8 bits first")
+
+
 def _pil_to_array(img: Image.Image) -> np.ndarray:
     mode = img.mode
+    _check_bit_depth(img)
     if mode in _ALPHA or (mode == "P" and "transparency" in img.info):
         raise ImageFormatError(
             f"image has an alpha channel (mode {mode}); lickd codes RGB only: flatten it first, "
@@ -43,6 +63,36 @@ def _pil_to_array(img: Image.Image) -> np.ndarray:
         warnings.warn(f"converting {_CONVERTIBLE[mode]} image (mode {mode}) to RGB", stacklevel=3)
         img = img.convert("RGB")
     return np.asarray(img, dtype=np.uint8)
+
+
+def read_image(path: os.PathLike) -> Image.Image:
+    """The image in a file, decoded into memory. A file that is not an image, cannot be decoded
+    or stores 16 bits per channel is an ImageFormatError; a missing or unreadable file is the
+    OSError ``open`` raises."""
+    try:
+        img = Image.open(path)
+    except UnidentifiedImageError as e:
+        raise ImageFormatError(f"cannot read image ({e})") from None
+    with img:
+        _check_bit_depth(img)
+        try:
+            img.load()
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ImageFormatError(f"cannot read image ({e})") from None
+        return img.copy()
+
+
+def rgb_array(image: Image.Image) -> np.ndarray:
+    """The 8-bit RGB pixels (H x W x 3 uint8) the codec sees for ``image``: greyscale, palette,
+    CMYK... converted without a warning; alpha and 16-bit images refused."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _pil_to_array(image)
+
+
+def load_rgb(path: os.PathLike) -> np.ndarray:
+    """An image file's 8-bit RGB pixels (H x W x 3 uint8): ``rgb_array(read_image(path))``."""
+    return rgb_array(read_image(path))
 
 
 def to_tensor(image: ImageLike) -> tuple[Tensor, OutputKind]:

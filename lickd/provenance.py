@@ -40,10 +40,12 @@ def environment() -> dict:
     from PIL import Image, features
 
     from . import __version__
+    from .cpu import cpu_features
 
     env = {"lickd": __version__, "commit": git_commit(), "python": sys.version.split()[0], "torch": torch.__version__,
            "pillow": Image.__version__, "libjpeg": features.version("jpg"), "libwebp": features.version("webp"),
-           "libavif": features.version("avif"), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
+           "libavif": features.version("avif"), "cpu": cpu_name(), "cpu_features": cpu_features(),
+           "cpu_count": os.cpu_count(),
            "platform": platform.platform()}
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name()

@@ -1,8 +1,13 @@
-"""Shared fixtures: the data folders beside the checkout, small models and their weights files."""
+"""Shared fixtures: the data folders beside the checkout, small models and their weights files,
+and the seeded random generators every test draws from."""
 import os
+import random
+import secrets
 import warnings
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,6 +27,51 @@ KODAK = SHARED / "data" / "kodak"
 SMALL = {"bmshj2018-factorized": (12, 20), "bmshj2018-hyperprior": (12, 20), "mbt2018-mean": (12, 20)}
 
 
+# ---------------------------------------------------------------------------- randomness
+#: One seed per session, printed with every failure: LICKD_TEST_SEED=<seed> replays the draws.
+SEED = int(os.environ.get("LICKD_TEST_SEED") or secrets.randbits(32))
+
+
+def seeded_rng(key: str) -> np.random.Generator:
+    """A generator for ``key`` (a test's or fixture's node id): the session seed and the key
+    decide its draws, so a test draws the same whatever else runs before it."""
+    return np.random.default_rng([SEED, zlib.crc32(key.encode())])
+
+
+@pytest.fixture
+def rng(request) -> np.random.Generator:
+    """The test's random generator (seeded; the seed is printed if the test fails)."""
+    return seeded_rng(request.node.nodeid)
+
+
+@pytest.fixture(scope="module")
+def module_rng(request) -> np.random.Generator:
+    """The random generator of a module's shared fixtures."""
+    return seeded_rng(request.node.nodeid)
+
+
+@pytest.fixture(autouse=True)
+def _seeded_global_generators(request):
+    """Python's ``random`` and torch's default generator, seeded for each test from the session
+    seed, for the tests that draw from them directly."""
+    seed = int(seeded_rng(request.node.nodeid + "::global").integers(2**63))
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pytest_report_header(config):
+    return f"lickd test seed: LICKD_TEST_SEED={SEED}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed:
+        report.sections.append(("random seed", f"rerun with LICKD_TEST_SEED={SEED} to draw the same numbers"))
+    return report
+
+
+# ---------------------------------------------------------------------------- data and models
 @pytest.fixture(scope="session")
 def kodak_dir() -> Path:
     if not KODAK.is_dir():

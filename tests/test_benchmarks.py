@@ -23,14 +23,13 @@ def test_bench_rans_quick_json(tmp_path):
     assert "Msym/s" in r.stdout
 
 
-def test_bench_rans_file_overhead(tmp_path, weights_files):
+def test_bench_rans_file_overhead(tmp_path, weights_files, rng):
     """--files: per image, the .lkd file holds the streams plus a header, and the streams cost a
     little more than the ideal code length (never less: rANS cannot beat -sum log2 p)."""
     import numpy as np
     from PIL import Image
     images = tmp_path / "images"
     images.mkdir()
-    rng = np.random.default_rng()
     for i, (h, w) in enumerate([(64, 96), (100, 70)]):
         smooth = np.cumsum(rng.normal(0, 8, (h, w, 3)), axis=1)
         Image.fromarray(np.clip(128 + smooth, 0, 255).astype(np.uint8)).save(images / f"{i}.png")
@@ -47,12 +46,11 @@ def test_bench_rans_file_overhead(tmp_path, weights_files):
     assert "all" in r.stdout
 
 
-def test_bench_train_quick_json(tmp_path):
+def test_bench_train_quick_json(tmp_path, rng):
     import numpy as np
     from PIL import Image
     data = tmp_path / "data"
     data.mkdir()
-    rng = np.random.default_rng()
     for i in range(3):
         Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)).save(data / f"{i}.png")
     out = tmp_path / "train.json"

@@ -1,6 +1,8 @@
 """The lickd command line: round trip, info, JSON keys, overwrite refusal, exit codes, errors."""
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 
@@ -12,8 +14,7 @@ from lickd.cli import main
 
 
 @pytest.fixture
-def image_file(tmp_path):
-    rng = np.random.default_rng()
+def image_file(tmp_path, rng):
     arr = np.clip(rng.normal(128, 40, (45, 70, 3)), 0, 255).astype(np.uint8)
     path = tmp_path / "in.png"
     Image.fromarray(arr).save(path)
@@ -191,3 +192,143 @@ def test_cuda_request_without_a_gpu_is_a_clear_error(capsys, tmp_path, image_fil
         pytest.skip("a GPU is present")
     code, _, err = run(capsys, "encode", image_file, "-o", tmp_path / "k.lkd", "--weights", weights, "--device", "cuda")
     assert code == 1 and "CUDA" in err and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------------------- rough edges a new user hit
+@pytest.fixture
+def lkd_file(capsys, tmp_path, image_file, weights):
+    lkd = tmp_path / "k.lkd"
+    assert run(capsys, "encode", image_file, "-o", lkd, "--weights", weights)[0] == 0
+    return lkd
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002], ids=oct)
+def test_outputs_get_the_permissions_the_umask_gives(capsys, tmp_path, image_file, weights, umask):
+    """Not mkstemp's 0600: what ``open`` would give, 0o666 less the umask."""
+    import torch
+
+    from lickd import zoo
+    compressai_models = pytest.importorskip("compressai.models")
+    torch.save(compressai_models.FactorizedPrior(8, 12).state_dict(), tmp_path / "ckpt.pth.tar")
+    old = os.umask(umask)
+    try:
+        outputs = [tmp_path / "k.lkd", tmp_path / "k.png", tmp_path / "c.safetensors", tmp_path / "w.safetensors"]
+        assert run(capsys, "encode", image_file, "-o", outputs[0], "--weights", weights)[0] == 0
+        assert run(capsys, "decode", outputs[0], "-o", outputs[1], "--weights", weights)[0] == 0
+        assert run(capsys, "convert", tmp_path / "ckpt.pth.tar", "-o", outputs[2])[0] == 0
+        model, info = zoo.load_weights(weights)
+        zoo.save_weights(model, outputs[3], info)
+    finally:
+        os.umask(old)
+    for path in outputs:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path.name
+
+
+@pytest.mark.parametrize("flags,named", [(["-q", "5", "--weights"], "codes at one rate only"),
+                                         (["--model", "m", "--weights"], "--model and --weights"),
+                                         (["-q", "2", "--model", "m", "--weights"], "--model and --weights")])
+def test_model_choices_beside_weights_are_a_usage_error(capsys, tmp_path, image_file, weights, flags, named):
+    """-q and --model used to be ignored beside --weights: the file was the one --weights alone makes.
+    Now --model beside --weights is refused, and -q beside fixed-rate weights of another quality."""
+    out = tmp_path / "k.lkd"
+    code, _, err = run(capsys, "encode", image_file, "-o", out, *flags, weights)
+    assert code == 2 and err.count("\n") == 1 and named in err
+    assert not out.exists()
+
+
+def test_quality_beside_variable_rate_weights_sets_the_rate(capsys, tmp_path, image_file):
+    from test_variable_rate import make_vr
+    model = make_vr()
+    vr = zoo.save_weights(model, tmp_path / "vr.safetensors",
+                          zoo.ModelInfo(name="vr", architecture=model.architecture, N=model.N, M=model.M, quality=3)).path
+    sizes = {}
+    for q in ("1", "3.5", "8"):
+        out = tmp_path / f"q{q}.lkd"
+        code, _, err = run(capsys, "encode", image_file, "-o", out, "-q", q, "--weights", vr)
+        assert code == 0, err
+        sizes[q] = out.stat().st_size
+        code, text, _ = run(capsys, "info", out)
+        assert f"quality={float(q):g}" in text
+    assert sizes["1"] < sizes["8"]
+    code, _, err = run(capsys, "encode", image_file, "-o", tmp_path / "x.lkd", "-q", "9", "--weights", vr)
+    assert code == 2 and "1..8" in err
+
+
+def test_a_closed_stdout_ends_quietly_with_status_0(tmp_path, lkd_file):
+    """``lickd info F | head -1``: the reader goes away before lickd writes; no message, status 0."""
+    proc = subprocess.Popen([sys.executable, "-m", "lickd.cli", "info", str(lkd_file)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # long before the interpreter has imported torch and printed anything
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and err == b""
+
+
+def test_info_accepts_quiet_and_still_checks_the_file(capsys, lkd_file):
+    assert run(capsys, "info", lkd_file, "--quiet") == (0, "", "")
+    lkd_file.write_bytes(lkd_file.read_bytes()[:-1])
+    code, out, err = run(capsys, "info", lkd_file, "--quiet")
+    assert code == 1 and out == "" and err.count("\n") == 1
+
+
+def test_an_empty_registry_points_at_the_weights_flag(capsys, tmp_path, image_file, monkeypatch):
+    from lickd import zoo
+    monkeypatch.setattr(zoo, "REGISTRY_PATH", tmp_path / "none.json")
+    code, _, err = run(capsys, "encode", image_file, "-o", tmp_path / "k.lkd")
+    assert code == 1 and "registry is empty" in err and "--weights FILE" in err and "weights=" not in err
+
+
+def test_a_truncated_file_says_it_is_truncated(capsys, tmp_path, rng, weights):
+    img = tmp_path / "noise.png"
+    Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(img)
+    lkd = tmp_path / "n.lkd"
+    assert run(capsys, "encode", img, "-o", lkd, "--weights", weights)[0] == 0
+    data = lkd.read_bytes()
+    sections_start = 8 + int.from_bytes(data[6:8], "little") + 4
+    for cut in (sections_start, sections_start + 10, len(data) - 1):
+        lkd.write_bytes(data[:cut])
+        for command in (["info", lkd], ["decode", lkd, "-o", tmp_path / "n.png", "--weights", weights]):
+            code, _, err = run(capsys, *command)
+            assert code == 1 and err.count("\n") == 1
+            assert f"truncated: {cut} bytes, the header declares {len(data)}" in err, err
+            assert "out of range" not in err and "corrupt" not in err
+
+
+def test_a_crc_mismatch_says_corrupt_once(capsys, tmp_path, lkd_file, weights):
+    bad = bytearray(lkd_file.read_bytes())
+    bad[-6] ^= 0x40  # inside the last section
+    lkd_file.write_bytes(bytes(bad))
+    for command in (["info", lkd_file], ["decode", lkd_file, "-o", tmp_path / "x.png", "--weights", weights]):
+        code, _, err = run(capsys, *command)
+        assert code == 1 and "CRC mismatch" in err and err.lower().count("corrupt") == 1, err
+
+
+@pytest.mark.parametrize("command", ["encode", "decode", "info", "convert"])
+def test_a_folder_as_input_is_called_a_folder(capsys, tmp_path, weights, command):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    extra = {"encode": ["--weights", weights], "decode": ["--weights", weights], "info": [],
+             "convert": ["-o", tmp_path / "c.safetensors"]}[command]
+    code, _, err = run(capsys, command, folder, *extra)
+    assert code == 1 and f"{folder}: is a directory" in err and "no such file" not in err
+
+
+def test_info_leaves_out_fields_the_file_does_not_have(capsys, tmp_path, lkd_file):
+    from lickd import container
+    f = container.parse(lkd_file.read_bytes())
+    f.quality = f.lmbda = None
+    bare = tmp_path / "bare.lkd"
+    bare.write_bytes(f.to_bytes())
+    code, out, _ = run(capsys, "info", bare)
+    assert code == 0 and "None" not in out and "quality" not in out and "lambda" not in out
+    assert "N=12, M=20, metric=mse" in out
+    code, out, _ = run(capsys, "info", lkd_file)
+    assert "quality=3, lambda=0.0067, metric=mse" in out
+
+
+@pytest.mark.parametrize("command,output", [("encode", "x.png"), ("encode", "x.JPG"), ("decode", "x.lkd")])
+def test_an_output_named_for_the_other_kind_of_file_is_a_usage_error(capsys, tmp_path, image_file, lkd_file,
+                                                                        weights, command, output):
+    src = image_file if command == "encode" else lkd_file
+    code, _, err = run(capsys, command, src, "-o", tmp_path / output, "--weights", weights)
+    assert code == 2 and err.count("\n") == 1 and output in err
+    assert not (tmp_path / output).exists()

@@ -14,8 +14,7 @@ from lickd.image import pad_to_multiple, to_tensor
 ARCHS = ["bmshj2018-factorized", "bmshj2018-hyperprior", "mbt2018-mean"]
 
 
-def random_image(h, w, rng=None):
-    rng = rng or np.random.default_rng()
+def random_image(h, w, rng):
     # Smooth content plus noise: closer to a photo than white noise.
     yy, xx = np.mgrid[0:h, 0:w]
     base = 127 + 80 * np.sin(xx[..., None] / 7.0 + np.arange(3)) * np.cos(yy[..., None] / 11.0)
@@ -28,10 +27,10 @@ def codecs(weights_files):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_decoded_latents_equal_encoder_latents(codecs, arch):
+def test_decoded_latents_equal_encoder_latents(codecs, arch, rng):
     codec = codecs[arch]
     model = codec.model
-    img = random_image(96, 160)
+    img = random_image(96, 160, rng)
     data = codec.compress(img)
     f, latents = codec.decode_latents(data)
     # The encoder's quantised latents, computed independently of the coder.
@@ -55,10 +54,10 @@ def test_decoded_latents_equal_encoder_latents(codecs, arch):
 
 
 @pytest.mark.parametrize("size", [(1, 1), (65, 33), (513, 769), (64, 64), (17, 200)])
-def test_any_size_round_trips_to_the_original_size(codecs, size):
+def test_any_size_round_trips_to_the_original_size(codecs, size, rng):
     h, w = size
     codec = codecs["mbt2018-mean"]
-    img = random_image(h, w)
+    img = random_image(h, w, rng)
     data = codec.compress(img)
     f = container.parse(data)
     assert (f.height, f.width) == (h, w)
@@ -66,9 +65,9 @@ def test_any_size_round_trips_to_the_original_size(codecs, size):
     assert out.shape == (h, w, 3) and out.dtype == np.uint8
 
 
-def test_input_kinds_give_the_same_file_and_output_kind(codecs):
+def test_input_kinds_give_the_same_file_and_output_kind(codecs, rng):
     codec = codecs["bmshj2018-hyperprior"]
-    arr = random_image(40, 50)
+    arr = random_image(40, 50, rng)
     pil = Image.fromarray(arr)
     tensor = torch.from_numpy(arr).permute(2, 0, 1).float() / 255
     data = codec.compress(arr)
@@ -81,22 +80,22 @@ def test_input_kinds_give_the_same_file_and_output_kind(codecs):
     assert np.array_equal(np.asarray(codec.decompress(data)), as_np)
 
 
-def test_greyscale_and_palette_convert_with_a_warning(codecs):
+def test_greyscale_and_palette_convert_with_a_warning(codecs, rng):
     codec = codecs["bmshj2018-factorized"]
-    grey = Image.fromarray(random_image(30, 30)[:, :, 0], "L")
+    grey = Image.fromarray(random_image(30, 30, rng)[:, :, 0], "L")
     with pytest.warns(UserWarning, match="greyscale"):
         data = codec.compress(grey)
     assert codec.decompress(data).size == (30, 30)
-    palette = Image.fromarray(random_image(30, 30)).convert("P")
+    palette = Image.fromarray(random_image(30, 30, rng)).convert("P")
     with pytest.warns(UserWarning, match="palette"):
         codec.compress(palette)
     with pytest.warns(UserWarning, match="greyscale"):
-        codec.compress(random_image(30, 30)[:, :, 0])
+        codec.compress(random_image(30, 30, rng)[:, :, 0])
 
 
-def test_alpha_sixteen_bit_and_bad_inputs_are_clear_errors(codecs):
+def test_alpha_sixteen_bit_and_bad_inputs_are_clear_errors(codecs, rng):
     codec = codecs["bmshj2018-factorized"]
-    rgba = Image.fromarray(np.dstack([random_image(20, 20), np.full((20, 20), 255, np.uint8)]), "RGBA")
+    rgba = Image.fromarray(np.dstack([random_image(20, 20, rng), np.full((20, 20), 255, np.uint8)]), "RGBA")
     with pytest.raises(ImageFormatError, match="alpha"):
         codec.compress(rgba)
     with pytest.raises(ImageFormatError, match="16-bit"):
@@ -113,8 +112,8 @@ def test_alpha_sixteen_bit_and_bad_inputs_are_clear_errors(codecs):
         codec.compress("not an image")
 
 
-def test_file_from_another_model_is_refused(codecs):
-    data = codecs["mbt2018-mean"].compress(random_image(20, 20))
+def test_file_from_another_model_is_refused(codecs, rng):
+    data = codecs["mbt2018-mean"].compress(random_image(20, 20, rng))
     with pytest.raises(LickdError, match="encoded with model"):
         codecs["bmshj2018-hyperprior"].decompress(data)
 
@@ -131,13 +130,12 @@ def test_kodak_round_trip(codecs, kodak_dir):
 
 # ---------------------------------------------------------------------------- hostile files
 @pytest.fixture(scope="module")
-def small_file(codecs):
-    return codecs["mbt2018-mean"].compress(random_image(24, 40))
+def small_file(codecs, module_rng):
+    return codecs["mbt2018-mean"].compress(random_image(24, 40, module_rng))
 
 
-def test_every_flipped_byte_gives_a_clean_error(codecs, small_file):
+def test_every_flipped_byte_gives_a_clean_error(codecs, small_file, rng):
     codec = codecs["mbt2018-mean"]
-    rng = np.random.default_rng()
     for pos in range(len(small_file)):
         bad = bytearray(small_file)
         bad[pos] ^= int(rng.integers(1, 256))
@@ -280,9 +278,8 @@ def test_from_pretrained_with_empty_registry_says_so(monkeypatch, tmp_path):
         StudentCodec.from_pretrained(3, device="cpu")
 
 
-def test_batches_group_sizes_and_match_single_image_decoding(codecs):
+def test_batches_group_sizes_and_match_single_image_decoding(codecs, rng):
     codec = codecs["mbt2018-mean"]
-    rng = np.random.default_rng()
     imgs = [random_image(40, 50, rng), random_image(70, 64, rng), random_image(40, 50, rng), random_image(3, 90, rng)]
     files = codec.compress_batch(imgs)
     assert len(files) == 4
@@ -296,7 +293,7 @@ def test_batches_group_sizes_and_match_single_image_decoding(codecs):
         codec.decompress_batch([files[0], bytes(bad)])
 
 
-def test_registry_lookup_by_quality_name_and_file_header(monkeypatch, tmp_path, weights_files, capsys):
+def test_registry_lookup_by_quality_name_and_file_header(monkeypatch, tmp_path, weights_files, capsys, rng):
     import shutil
     from lickd.cli import main
     (tmp_path / "weights").mkdir()
@@ -316,7 +313,7 @@ def test_registry_lookup_by_quality_name_and_file_header(monkeypatch, tmp_path, 
     codec = StudentCodec.from_pretrained(entries[0]["name"], device="cpu")
     # a file decodes with no model flags: its header names the registered model
     src = tmp_path / "in.png"
-    Image.fromarray(random_image(30, 40)).save(src)
+    Image.fromarray(random_image(30, 40, rng)).save(src)
     assert main(["encode", str(src), "-q", "2", "-o", str(tmp_path / "a.lkd")]) == 0
     assert main(["decode", str(tmp_path / "a.lkd"), "-o", str(tmp_path / "a.png")]) == 0
     assert Image.open(tmp_path / "a.png").size == (40, 30)
@@ -328,12 +325,11 @@ def test_registry_lookup_by_quality_name_and_file_header(monkeypatch, tmp_path, 
         StudentCodec.from_pretrained(2, device="cpu")
 
 
-def test_fuzzed_payloads_with_valid_crcs_never_crash(codecs, small_file):
+def test_fuzzed_payloads_with_valid_crcs_never_crash(codecs, small_file, rng):
     """Random damage to the coded sections, with every CRC recomputed so the coder itself must
     catch it: a LickdError, never another exception or a hang. The coder's own check is 16 bits
     per lane, so about 1 in 65,536 damaged chunks can slip through; more than one in 300 is a bug."""
     codec = codecs["mbt2018-mean"]
-    rng = np.random.default_rng()
     f = container.parse(small_file)
     original = codec.decompress(small_file, output="numpy")
     wrong = 0
@@ -360,14 +356,14 @@ def test_fuzzed_payloads_with_valid_crcs_never_crash(codecs, small_file):
     assert wrong <= 1
 
 
-def test_in_memory_model_is_identified_by_its_state():
+def test_in_memory_model_is_identified_by_its_state(rng):
     from lickd.models import build_model
     torch.manual_seed(0)
     model = build_model("bmshj2018-hyperprior", 8, 12)
     info = zoo.ModelInfo(name="scratch", architecture="bmshj2018-hyperprior", N=8, M=12)
     codec = StudentCodec(model, info, device="cpu")
     assert len(codec.info.short_hash) == 16 and codec.info.sha256 == zoo.state_sha256(model)
-    img = random_image(20, 30)
+    img = random_image(20, 30, rng)
     assert codec.decompress(codec.compress(img), output="numpy").shape == img.shape
     with torch.no_grad():
         model.g_s[0].bias.add_(1)

@@ -46,8 +46,7 @@ def _msssim_reference(a: np.ndarray, b: np.ndarray) -> float:
     return float(per_channel.mean())
 
 
-def test_psnr_matches_definition_and_handles_identity():
-    rng = np.random.default_rng()
+def test_psnr_matches_definition_and_handles_identity(rng):
     a = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
     b = np.clip(a.astype(int) + rng.integers(-9, 10, a.shape), 0, 255).astype(np.uint8)
     mse = sum(float((int(p) - int(q)) ** 2) for p, q in zip(a.ravel(), b.ravel())) / a.size
@@ -55,8 +54,7 @@ def test_psnr_matches_definition_and_handles_identity():
     assert psnr_rgb(a, a) == math.inf
 
 
-def test_ms_ssim_matches_float64_reference():
-    rng = np.random.default_rng()
+def test_ms_ssim_matches_float64_reference(rng):
     yy, xx = np.mgrid[0:193, 0:230]
     a = np.clip(128 + 90 * np.sin(xx[..., None] / 9 + np.arange(3)) * np.cos(yy[..., None] / 13)
                 + rng.normal(0, 5, (193, 230, 3)), 0, 255).astype(np.uint8)
@@ -72,8 +70,7 @@ PSNR = [30.0, 32.0, 34.0, 36.0]  # D = 34 + 2 log2(R): log R is linear in D
 
 
 @pytest.mark.parametrize("interp", ["pchip", "cubic"])
-def test_bd_of_a_curve_against_itself_is_zero(interp):
-    rng = np.random.default_rng()
+def test_bd_of_a_curve_against_itself_is_zero(interp, rng):
     r = np.sort(rng.uniform(0.1, 2, 5))
     d = np.sort(rng.uniform(25, 40, 5))
     assert bd_rate(r, d, r, d, interp) == pytest.approx(0, abs=1e-9)
@@ -81,8 +78,7 @@ def test_bd_of_a_curve_against_itself_is_zero(interp):
 
 
 @pytest.mark.parametrize("interp", ["pchip", "cubic"])
-def test_bd_of_shifted_copies_is_the_shift(interp):
-    rng = np.random.default_rng()
+def test_bd_of_shifted_copies_is_the_shift(interp, rng):
     r = np.sort(rng.uniform(0.1, 2, 6))
     d = np.sort(rng.uniform(25, 40, 6))
     factor = rng.uniform(0.5, 1.5)
@@ -101,9 +97,8 @@ def test_bd_hand_computed_different_slopes(interp):
     assert bd_psnr(RATES, PSNR, RATES, test_psnr, interp) == pytest.approx(-0.25, abs=1e-9)
 
 
-def test_pchip_integral_matches_scipy():
+def test_pchip_integral_matches_scipy(rng):
     scipy_interp = pytest.importorskip("scipy.interpolate")
-    rng = np.random.default_rng()
     x = np.sort(rng.uniform(0, 10, 7))
     y = rng.normal(size=7)  # non-monotone on purpose
     lo, hi = x[1] + 0.3 * (x[2] - x[1]), x[5]
@@ -120,9 +115,9 @@ def test_bd_errors_are_explicit():
 
 # ---------------------------------------------------------------------------- eval end to end
 @pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
+def image_folder(tmp_path_factory, module_rng):
     folder = tmp_path_factory.mktemp("imgs")
-    rng = np.random.default_rng()
+    rng = module_rng
     yy, xx = np.mgrid[0:176, 0:200]
     for i in range(2):
         img = 128 + 80 * np.sin(xx[..., None] / (6 + i) + np.arange(3)) * np.cos(yy[..., None] / 9)
@@ -203,17 +198,17 @@ def test_lickd_eval_bd_rate_plot_and_bench(capsys, tmp_path, image_folder, weigh
 
 
 @pytest.mark.parametrize("arch,stages", [("bmshj2018-factorized", {"g_a"}), ("bmshj2018-hyperprior", {"g_a", "h_a", "h_s"})])
-def test_bench_stages_of_every_architecture_with_exact_entropy_parameters(arch, stages):
+def test_bench_stages_of_every_architecture_with_exact_entropy_parameters(arch, stages, rng):
     from lickd import StudentCodec, zoo
     from lickd.eval.bench import benchmark
     from lickd.models import build_model
     codec = StudentCodec(build_model(arch, 8, 12), zoo.ModelInfo(name="f", architecture=arch, N=8, M=12), device="cpu")
-    r = benchmark(codec, np.random.default_rng().integers(0, 256, (64, 64, 3), dtype=np.uint8), repeats=1, warmup=0)
+    r = benchmark(codec, rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), repeats=1, warmup=0)
     assert set(r["latency_ms"]["encode"]) == stages | {"entropy coding", "total"}
     assert set(r["latency_ms"]["decode"]) == (stages - {"g_a", "h_a"}) | {"g_s", "entropy coding", "total"}
 
 
-def test_lickd_eval_through_the_fused_kernels_stays_within_a_hair_of_the_reference(capsys, tmp_path, weights_files):
+def test_lickd_eval_through_the_fused_kernels_stays_within_a_hair_of_the_reference(capsys, tmp_path, weights_files, rng):
     """--fused runs g_a/g_s through lickd.kernels (the interpreter here): bf16 storage changes the
     files a little (so the fused path did run), the RD point barely moves; --emulate (the kernels'
     rounding model in PyTorch) lands where the kernels do."""
@@ -222,7 +217,7 @@ def test_lickd_eval_through_the_fused_kernels_stays_within_a_hair_of_the_referen
     folder.mkdir()
     yy, xx = np.mgrid[0:64, 0:80]
     img = 128 + 90 * np.sin(xx[..., None] / 5 + np.arange(3)) * np.cos(yy[..., None] / 7)
-    noise = np.random.default_rng().normal(0, 6, img.shape)
+    noise = rng.normal(0, 6, img.shape)
     Image.fromarray(np.clip(img + noise, 0, 255).astype(np.uint8)).save(folder / "a.png")
     w = weights_files["mbt2018-mean"]
     docs = {}
@@ -241,14 +236,14 @@ def test_lickd_eval_through_the_fused_kernels_stays_within_a_hair_of_the_referen
     assert "--emulate needs --fused" in capsys.readouterr().err
 
 
-def test_lickd_eval_fused_on_a_cpu_without_the_interpreter_is_refused(capsys, tmp_path, weights_files, monkeypatch):
+def test_lickd_eval_fused_on_a_cpu_without_the_interpreter_is_refused(capsys, tmp_path, weights_files, monkeypatch, rng):
     """Without a GPU or the interpreter the kernels cannot run: results labelled "fused" would be
     the reference path's, so the command refuses and points at --emulate."""
     pytest.importorskip("triton")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     folder = tmp_path / "img"
     folder.mkdir()
-    Image.fromarray(np.random.default_rng().integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / "a.png")
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / "a.png")
     assert main(["eval", str(folder), "--weights", str(weights_files["mbt2018-mean"]), "--device", "cpu",
                  "--fused", "bf16", "--quiet"]) == 1
     assert "on a CPU add --emulate" in capsys.readouterr().err

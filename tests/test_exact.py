@@ -71,7 +71,7 @@ def test_exact_h_s_is_bitwise_independent_of_order_batch_threads_and_algorithm(a
     assert float((out - ref).norm() / ref.norm()) < 2e-3
 
 
-def test_codec_files_use_exact_parameters_and_decode_the_same_in_any_batch_or_thread_count():
+def test_codec_files_use_exact_parameters_and_decode_the_same_in_any_batch_or_thread_count(rng):
     from lickd import StudentCodec, zoo
     from lickd.codec import FILE_CODER
     from lickd.container import parse
@@ -80,7 +80,6 @@ def test_codec_files_use_exact_parameters_and_decode_the_same_in_any_batch_or_th
     torch.manual_seed(0)
     model = _trained_like(build_model("mbt2018-mean", 16, 24))
     codec = StudentCodec(model, zoo.ModelInfo(name="t", architecture="mbt2018-mean", N=16, M=24), device="cpu")
-    rng = np.random.default_rng()
     imgs = [rng.integers(0, 256, (64, 96, 3), dtype=np.uint8) for _ in range(2)]
     data = [codec.compress(img) for img in imgs]
     assert parse(data[0]).coder == FILE_CODER == "rans1b+x1"
@@ -116,7 +115,7 @@ def test_unsupported_layers_and_oversized_weights_are_refused():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_files_encoded_on_the_gpu_decode_to_the_same_latents_on_the_cpu_and_back():
+def test_files_encoded_on_the_gpu_decode_to_the_same_latents_on_the_cpu_and_back(rng):
     import numpy as np
     from lickd import StudentCodec, zoo
 
@@ -128,7 +127,6 @@ def test_files_encoded_on_the_gpu_decode_to_the_same_latents_on_the_cpu_and_back
     cpu = StudentCodec(twin, info, device="cpu")
     gpu = StudentCodec(model, info, device="cuda")
     assert cpu.info.sha256 == gpu.info.sha256
-    rng = np.random.default_rng()
     for _ in range(3):
         img = rng.integers(0, 256, (128, 192, 3), dtype=np.uint8)
         for enc, dec in ((gpu, cpu), (cpu, gpu)):

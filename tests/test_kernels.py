@@ -156,34 +156,50 @@ def test_split_k_matches_float64_and_the_single_pass(transposed, cin, cout, act,
     assert rel(outs[1], ref) <= TOL[dtype] and rel(outs[1], outs[0]) <= TOL[dtype]
 
 
-@pytest.mark.parametrize("transposed,act", [(False, "gdn"), (True, "igdn"), (False, "leaky_relu")])
+@pytest.mark.parametrize("transposed,act", [(False, "gdn"), (True, "igdn"), (False, "leaky_relu"), (True, "relu"),
+                                            (False, "none")])
 def test_layer_backward_matches_float64(transposed, act):
+    """Gradients of the fused layer (x, weight, bias and GDN's parameters) against autograd through
+    a float64 copy of the PyTorch layers a model is built from (lickd.layers conv/deconv, GDN,
+    nn.ReLU/LeakyReLU), which share no code with ``reference``, the kernels' own definition."""
+    from lickd.layers import conv, deconv
+
     cin, cout = 12, 20
     x = torch.randn(1, cin, 6, 7, dtype=torch.float64)
     w, b, _, _ = make_layer(transposed, cin, cout, 5, act)
     gdn = random_gdn(cout, act == "igdn") if act in ("gdn", "igdn") else None
 
-    def grads(fused):
-        xs, ws, bs = (t.detach().clone().requires_grad_(True) for t in (x, w, b))
-        g = None
-        if gdn is not None:
-            g = GDN(cout, inverse=act == "igdn").to(xs.dtype)
-            g.load_state_dict(gdn.state_dict())
-        if fused:
-            g32 = g.float() if g is not None else None
-            beta, gamma = g32.effective_params() if g32 is not None else (None, None)
-            y = run_fused(xs.float(), ws.float(), bs.float(), beta, gamma, transposed, 2, 2, act, torch.float32)
-            params = [g32.beta, g32.gamma] if g32 is not None else []
-        else:
-            beta, gamma = g.effective_params() if g is not None else (None, None)
-            y = reference(xs, ws, bs, transposed=transposed, stride=2, pad=2, act=act, beta=beta, gamma=gamma)
-            params = [g.beta, g.gamma] if g is not None else []
-        weight = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)
-        loss = (y * weight).sum()
-        return torch.autograd.grad(loss, [xs, ws, bs, *params])
+    def copy_of_gdn(dtype):
+        g = GDN(cout, inverse=act == "igdn").to(dtype)
+        g.load_state_dict(gdn.state_dict())
+        return g
 
-    for got, want in zip(grads(True), grads(False)):
-        assert rel(got, want) <= 1e-4
+    # the layer under test: the fused kernel in fp32, its backward through FusedConvActFunction
+    xs, ws, bs = (t.detach().float().requires_grad_(True) for t in (x, w, b))
+    g32 = copy_of_gdn(torch.float32) if gdn is not None else None
+    beta, gamma = g32.effective_params() if g32 is not None else (None, None)
+    y = run_fused(xs, ws, bs, beta, gamma, transposed, 2, 2, act, torch.float32).cpu()
+    weight = torch.linspace(-1, 1, y.numel(), dtype=torch.float64).reshape(y.shape)
+    got = torch.autograd.grad((y * weight.float()).sum(), [xs, ws, bs, *([g32.beta, g32.gamma] if g32 else [])])
+
+    # the independent reference: the model's own layers in float64
+    layer = (deconv if transposed else conv)(cin, cout).double()
+    with torch.no_grad():
+        layer.weight.copy_(w)
+        layer.bias.copy_(b)
+    g64 = copy_of_gdn(torch.float64) if gdn is not None else None
+    activation = {"gdn": g64, "igdn": g64, "relu": nn.ReLU(), "leaky_relu": nn.LeakyReLU(0.01),
+                  "none": nn.Identity()}[act]
+    x64 = x.clone().requires_grad_(True)
+    y64 = activation(layer(x64))
+    assert y64.shape == y.shape
+    want = torch.autograd.grad((y64 * weight).sum(),
+                               [x64, layer.weight, layer.bias, *([g64.beta, g64.gamma] if g64 else [])])
+
+    assert rel(y.detach(), y64.detach()) <= TOL[torch.float32]
+    for name, a, b_ in zip(["x", "weight", "bias", "beta", "gamma"], got, want):
+        assert a.shape == b_.shape, name
+        assert rel(a, b_) <= 1e-4, name
 
 
 @pytest.mark.parametrize("arch", ["bmshj2018-factorized", "mbt2018-mean"])

@@ -32,8 +32,7 @@ def gaussian_symbols(gc, n, rng, escape_rate=0.01):
 
 
 @pytest.mark.parametrize("precision", [12, 13, 14, 15, 16])
-def test_round_trip_every_gaussian_table_with_escapes(precision):
-    rng = np.random.default_rng()
+def test_round_trip_every_gaussian_table_with_escapes(precision, rng):
     gc = gaussian_model(precision)
     sym, idx = gaussian_symbols(gc, 50_000, rng)
     assert set(idx.tolist()) == set(range(64))  # every table used
@@ -62,8 +61,7 @@ def test_round_trip_entropy_bottleneck_tables_and_every_symbol_of_each():
 
 
 @pytest.mark.parametrize("lanes,chunks", [(1, 1), (2, 3), (8, 5), (16, 0), (32, 7), (32, 1000)])
-def test_lanes_and_chunks_round_trip_and_are_recorded(lanes, chunks):
-    rng = np.random.default_rng()
+def test_lanes_and_chunks_round_trip_and_are_recorded(lanes, chunks, rng):
     gc = gaussian_model(15)
     n = int(rng.integers(1, 3000))
     sym, idx = gaussian_symbols(gc, n, rng, escape_rate=0.05)
@@ -74,8 +72,7 @@ def test_lanes_and_chunks_round_trip_and_are_recorded(lanes, chunks):
     assert torch.equal(gc.tables.decode(data, idx), sym)
 
 
-def test_multithreaded_bytes_equal_single_thread():
-    rng = np.random.default_rng()
+def test_multithreaded_bytes_equal_single_thread(rng):
     gc = gaussian_model(15)
     sym, idx = gaussian_symbols(gc, 200_000, rng, escape_rate=0.001)
     one = gc.tables.encode(sym, idx, chunks=16, threads=1)
@@ -101,9 +98,8 @@ def test_empty_and_single_symbol():
             gc.tables.decode(bytes(eight_lanes), empty, bare=bare)
 
 
-def test_rate_close_to_ideal_code_length():
+def test_rate_close_to_ideal_code_length(rng):
     """Without escapes the stream is within a few tenths of a percent of -sum log2 p of the tables."""
-    rng = np.random.default_rng()
     gc = gaussian_model(15)
     n = 300_000
     idx = torch.from_numpy(rng.integers(20, 50, n)).int()
@@ -203,10 +199,9 @@ def _small_stream(rng):
 
 
 @pytest.mark.parametrize("bare", [False, True], ids=["full", "bare"])
-def test_every_flipped_byte_is_detected(bare):
+def test_every_flipped_byte_is_detected(bare, rng):
     """Header, directory and escape damage is always caught; damage inside a lane's words is caught
     by its 16-bit check and the exact word count, which can miss about 1 in 65,536 times."""
-    rng = np.random.default_rng()
     gc, sym, idx, data = _small_stream(rng)
     if bare:
         data = gc.tables.encode(sym, idx, lanes=8, chunks=3, bare=True)
@@ -223,8 +218,7 @@ def test_every_flipped_byte_is_detected(bare):
 
 
 @pytest.mark.parametrize("bare", [False, True], ids=["full", "bare"])
-def test_every_truncation_and_extension_is_detected(bare):
-    rng = np.random.default_rng()
+def test_every_truncation_and_extension_is_detected(bare, rng):
     gc, sym, idx, data = _small_stream(rng)
     if bare:
         data = gc.tables.encode(sym, idx, lanes=8, chunks=3, bare=True)
@@ -235,8 +229,7 @@ def test_every_truncation_and_extension_is_detected(bare):
         gc.tables.decode(data + b"\0", idx, bare=bare)
 
 
-def test_bare_streams_leave_out_what_the_container_records():
-    rng = np.random.default_rng()
+def test_bare_streams_leave_out_what_the_container_records(rng):
     gc, sym, idx, full = _small_stream(rng)
     bare = gc.tables.encode(sym, idx, lanes=8, chunks=3, bare=True)
     info, bare_info = stream_info(full), stream_info(bare, bare_symbols=idx.numel())
@@ -253,8 +246,7 @@ def test_bare_streams_leave_out_what_the_container_records():
     assert full[-len(bare) + bare_info["header_bytes"]:] == bare[bare_info["header_bytes"]:]
 
 
-def test_other_tables_or_symbol_count_are_rejected():
-    rng = np.random.default_rng()
+def test_other_tables_or_symbol_count_are_rejected(rng):
     gc, sym, idx, data = _small_stream(rng)
     other = gaussian_model(14)
     with pytest.raises(CorruptFileError, match="tables"):
@@ -263,8 +255,7 @@ def test_other_tables_or_symbol_count_are_rejected():
         gc.tables.decode(data, idx[:-1])
 
 
-def test_random_garbage_never_crashes():
-    rng = np.random.default_rng()
+def test_random_garbage_never_crashes(rng):
     gc = gaussian_model(15)
     idx = torch.zeros(1000, dtype=torch.int32)
     header = gc.tables.encode(torch.zeros(1000, dtype=torch.int32), idx)[:12]
@@ -275,11 +266,11 @@ def test_random_garbage_never_crashes():
                 gc.tables.decode(data, idx)
 
 
-def test_mutation_fuzz_runs_clean():
+def test_mutation_fuzz_runs_clean(rng):
     """A short run of the long mutation fuzz (tests/fuzz/fuzz_rans.py; under ASan with
     tests/fuzz/asan.sh, outside CI): every damaged copy decodes or raises CorruptFileError."""
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fuzz", "fuzz_rans.py")
-    seed = int(np.random.default_rng().integers(0, 2**31))
+    seed = int(rng.integers(0, 2**31))
     run = subprocess.run([sys.executable, script, "--cases", "40", "--seconds", "120", "--seed", str(seed)],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr

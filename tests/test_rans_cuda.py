@@ -152,8 +152,7 @@ def test_decoder_tables_in_shared_memory_up_to_p15_and_from_global_memory_at_p16
 
 
 @pytest.mark.parametrize("precision", [12, 15, 16])
-def test_gpu_encoder_writes_the_cpu_bytes_and_each_decoder_reads_the_other(coder_for, precision):
-    rng = np.random.default_rng()
+def test_gpu_encoder_writes_the_cpu_bytes_and_each_decoder_reads_the_other(coder_for, precision, rng):
     gc = gaussian_model(precision)
     gpu = coder_for(gc)
     for lanes, chunks, n in LAYOUTS:
@@ -165,8 +164,7 @@ def test_gpu_encoder_writes_the_cpu_bytes_and_each_decoder_reads_the_other(coder
         assert torch.equal(gc.tables.decode(gpu_bytes, idx), sym)
 
 
-def test_bare_streams_match_the_cpu_coder_and_are_refused_as_full_ones(coder_for):
-    rng = np.random.default_rng()
+def test_bare_streams_match_the_cpu_coder_and_are_refused_as_full_ones(coder_for, rng):
     gc = gaussian_model(15)
     gpu = coder_for(gc)
     pairs = [gaussian_symbols(gc, n, rng, escape_rate=0.01) for n in (3000, 9000)]
@@ -181,8 +179,7 @@ def test_bare_streams_match_the_cpu_coder_and_are_refused_as_full_ones(coder_for
         gpu.decode(gpu.encode(syms, idxs), idxs, bare=True)
 
 
-def test_a_batch_of_streams_in_one_call_matches_stream_by_stream(coder_for):
-    rng = np.random.default_rng()
+def test_a_batch_of_streams_in_one_call_matches_stream_by_stream(coder_for, rng):
     gc = gaussian_model(15)
     gpu = coder_for(gc)
     pairs = [gaussian_symbols(gc, n, rng, escape_rate=0.005) for n in (5000, 2, 12_345, 4096)]
@@ -213,8 +210,7 @@ def test_entropy_bottleneck_tables_every_symbol_and_both_escape_directions(coder
         assert torch.equal(gpu.decode([data], [idx])[0], sym)
 
 
-def test_corrupt_and_truncated_streams_and_bad_indexes_are_errors(coder_for):
-    rng = np.random.default_rng()
+def test_corrupt_and_truncated_streams_and_bad_indexes_are_errors(coder_for, rng):
     gc = gaussian_model(15)
     gpu = coder_for(gc)
     sym, idx = gaussian_symbols(gc, 600, rng, escape_rate=0.02)
@@ -270,13 +266,13 @@ def test_the_emulator_computes_collectives_and_refuses_undefined_behaviour(emula
 
 
 @pytest.mark.skipif(not HAVE_GPU, reason="needs a CUDA GPU and the CUDA coder build")
-def test_codec_on_gpu_with_the_cuda_coder_writes_and_reads_the_cpu_coder_bytes(monkeypatch):
+def test_codec_on_gpu_with_the_cuda_coder_writes_and_reads_the_cpu_coder_bytes(monkeypatch, rng):
     from lickd import StudentCodec, zoo
     from lickd.models import build_model
     torch.manual_seed(0)
     model = build_model("mbt2018-mean", 16, 24)
     codec = StudentCodec(model, zoo.ModelInfo(name="t", architecture="mbt2018-mean", N=16, M=24), device="cuda")
-    imgs = [np.random.default_rng().integers(0, 256, (64, 96, 3), dtype=np.uint8) for _ in range(3)]
+    imgs = [rng.integers(0, 256, (64, 96, 3), dtype=np.uint8) for _ in range(3)]
     monkeypatch.setenv("LICKD_CUDA_CODER", "1")
     gpu_files = codec.compress_batch(imgs)
     _, gpu_latents = codec.decode_latents(gpu_files[0])

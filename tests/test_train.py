@@ -145,7 +145,7 @@ def test_resume_refuses_a_different_config(tmp_path, train_dir):
 
 
 def test_resume_accepts_a_checkpoint_that_predates_a_new_field(tmp_path, train_dir):
-    from lickd.train.engine import _config_changes
+    from lickd.train.checkpoint import config_changes as _config_changes
     cfg = config(tmp_path, train_dir)
     old = cfg.to_dict()
     del old["fused"], old["kd"]["hybrid_teacher"]  # written before these fields existed
@@ -235,9 +235,10 @@ def test_torchrun_two_processes_on_gloo_keep_ranks_in_sync(tmp_path, train_dir, 
     if distill:
         ckpt = load_file(str(run_dir / "checkpoint.safetensors"))
         assert any(k.startswith("projection.maps.y") for k in ckpt)
-    assert (run_dir / "rng-rank0.safetensors").is_file() and (run_dir / "rng-rank1.safetensors").is_file()
+    # rank 0's RNG lives in the checkpoint itself (one file per run), the other ranks' beside it
+    assert (run_dir / "rng-rank1.safetensors").is_file() and not (run_dir / "rng-rank0.safetensors").exists()
     # the ranks drew different crops: their sampler states differ
-    r0 = load_file(str(run_dir / "rng-rank0.safetensors"))["sampler"]
+    r0 = load_file(str(run_dir / "checkpoint.safetensors"))["rng.sampler"]
     r1 = load_file(str(run_dir / "rng-rank1.safetensors"))["sampler"]
     assert not torch.equal(r0, r1)
 
@@ -317,3 +318,89 @@ def test_the_configs_the_readme_uses_load_and_are_what_they_say(name):
     assert cfg.architecture == "bmshj2018-hyperprior" and cfg.M == 192
     assert cfg.N == (128 if name == "teacher" else 64)
     assert cfg.distilling and cfg.kd.y + cfg.kd.x + cfg.kd.rd == pytest.approx(1.0)
+
+
+def test_variable_rate_model_trains_every_quality_and_codes_them(tmp_path, train_dir):
+    cfg = config(tmp_path, train_dir, "architecture=mbt2018-mean-vr", "steps=40", "ckpt_every=40")
+    trainer = Trainer(cfg, progress=False)
+    before = trainer.probe()
+    qualities = []
+    original = trainer.sampler.qualities
+
+    def record(levels):
+        q = original(levels)
+        qualities.extend(q.tolist())
+        return q
+
+    trainer.sampler.qualities = record
+    summary = trainer.train()
+    assert set(qualities) == set(range(1, 9))  # every level drawn, one per crop
+    assert trainer.probe() < 0.8 * before
+    codec = StudentCodec.from_file(summary["export"], device="cpu")
+    assert codec.variable_rate and codec.info.quality == 3 and codec.info.lmbda is None
+    img = np.asarray(Image.open(next(Path(train_dir).glob("0.png"))))
+    low, high = (codec.compress(img, quality=q) for q in (1, 8))
+    assert len(low) < len(high)
+
+
+def test_compact_checkpoint_is_smaller_and_continues_from_the_saved_weights(tmp_path, train_dir):
+    full = config(tmp_path / "full", train_dir, "steps=4")
+    Trainer(full, progress=False).train()
+    cfg = config(tmp_path / "compact", train_dir, "steps=4", "optimizer_state=compact")
+    Trainer(cfg, progress=False).train()
+    a = Path(full.run_dir) / "checkpoint.safetensors"
+    b = Path(cfg.run_dir) / "checkpoint.safetensors"
+    tensors = load_file(str(b))
+    assert not any(k.endswith(".exp_avg") for k in tensors)
+    assert all(v.dtype == torch.bfloat16 for k, v in tensors.items() if k.endswith(".exp_avg_sq"))
+    assert b.stat().st_size < 0.75 * a.stat().st_size
+    # continued from the folder alone: the config comes from the checkpoint, the probe from the weights
+    from lickd.train import saved_config
+    resumed = Trainer(saved_config(cfg.run_dir, ("steps=8",)), resume=True, progress=False)
+    assert resumed.step == 4 and resumed.cfg.lmbda == cfg.lmbda and resumed.cfg.steps == 8
+    assert resumed.probe() == resumed.saved_probe
+    resumed.train()
+    records = read_metrics(cfg.run_dir)
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 9))
+    spent = [r["cpu_seconds"] for r in records if r.get("event") == "checkpoint"]
+    assert spent == sorted(spent) and spent[-1] > 0  # time accumulates across the two sessions
+    with pytest.raises(ValueError, match="lmbda"):
+        saved_config(cfg.run_dir, ("lmbda=0.5",))
+
+
+def test_amp_auto_follows_the_hardware(tmp_path, train_dir, monkeypatch):
+    from lickd import cpu
+    for native in (False, True):
+        monkeypatch.setattr(cpu, "native_bf16", lambda native=native: native)
+        trainer = Trainer(config(tmp_path / str(native), train_dir, "device=cpu"), progress=False)
+        assert trainer.cfg.amp == "auto" and trainer.amp is native
+    assert Trainer(config(tmp_path / "on", train_dir, "device=cpu", "amp=true"), progress=False).amp is True
+
+
+@pytest.mark.parametrize("arch", ["bmshj2018-factorized", "mbt2018-mean", "mbt2018-mean-vr"])
+def test_mixed_quantization_feeds_rounded_latents_to_the_synthesis(arch, rng):
+    torch.manual_seed(int(rng.integers(1 << 31)))
+    model = build_model(arch, 8, 12).train()
+    x = torch.rand(2, 3, 64, 64)
+    quality = torch.tensor([2, 7]) if model.variable_rate else None
+    seen = {}
+    model.g_s.register_forward_pre_hook(lambda m, args: seen.__setitem__("y", args[0]))
+    with torch.random.fork_rng():
+        noisy = model(x, quality, "noise")
+    y_noise = seen["y"]
+    mixed = model(x, quality, "mixed")
+    y_mixed = seen["y"]
+    # the rate terms are the same (same noise), what g_s sees is rounded
+    for name in noisy["likelihoods"]:
+        assert torch.equal(noisy["likelihoods"][name], mixed["likelihoods"][name]) or name == "y"
+    y = noisy["latents"]["y"]
+    if model.variable_rate:
+        y_mixed = y_mixed / model.gain_units.inverse(quality, 2)
+        y_noise = y_noise / model.gain_units.inverse(quality, 2)
+    assert not torch.equal(y_noise, y_mixed)
+    if arch == "bmshj2018-factorized":
+        offset = model.entropy_bottleneck.expanded_medians(2, 2)
+        assert torch.allclose(y_mixed, torch.round(y - offset) + offset, atol=1e-5)
+    # and the gradient passes straight through the rounding to g_a
+    mixed["x_hat"].sum().backward()
+    assert model.g_a[0].weight.grad is not None and model.g_a[0].weight.grad.abs().sum() > 0

@@ -19,6 +19,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..device import synchronize
+
 STAGES = ("g_a", "h_a", "h_s", "g_s")
 
 
@@ -50,12 +52,6 @@ def macs_per_pixel(model, height: int, width: int) -> dict:
     out["encode"] = sum(out.get(k, 0) for k in ("g_a", "h_a", "h_s"))
     out["decode"] = sum(out.get(k, 0) for k in ("h_s", "g_s"))
     return out
-
-
-def synchronize(device: torch.device) -> None:
-    """Waits for the device's queued work (no-op on CPUs), so wall-clock times are real."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @contextlib.contextmanager

@@ -82,28 +82,30 @@ class PillowCodec:
 class LickdCodec:
     """A lickd StudentCodec; payload bytes exclude the .lkd header and CRCs."""
 
-    def __init__(self, codec, fused: Optional[str] = None):
+    def __init__(self, codec, fused: Optional[str] = None, quality: Optional[float] = None):
         self.codec = codec
         self.fused = fused  # storage dtype of lickd.accelerate'd transforms (and how they ran), or None
-        self.quality = codec.info.quality
+        # one point of a curve: a fixed-rate model's own quality, or the one a variable-rate model codes at
+        self.quality = codec.quality_for(quality)
         self.name = f"lickd {codec.info.name}"
 
     def description(self) -> str:
         i = self.codec.info
-        return (f"lickd {i.name}@{i.short_hash}: {i.architecture} N={i.N} M={i.M} lambda={i.lmbda} "
+        rate = "variable rate (qualities 1..8)" if self.codec.variable_rate else f"lambda={i.lmbda}"
+        return (f"lickd {i.name}@{i.short_hash}: {i.architecture} N={i.N} M={i.M} {rate} "
                 f"({i.metric}), device {self.codec.device.type}"
                 + (f", g_a/g_s fused kernels {self.fused}" if self.fused else ""))
 
     def encode(self, img: np.ndarray) -> Encoded:
         from ..container import parse
 
-        data = self.codec.compress(img)
+        data = self.codec.compress(img, quality=self.quality if self.codec.variable_rate else None)
         return Encoded(data, parse(data).payload_bytes())
 
     def decode(self, data: bytes) -> np.ndarray:
         return self.codec.decompress(data, output="numpy")
 
     def synchronize(self) -> None:
-        from .bench import synchronize
+        from ..device import synchronize
 
         synchronize(self.codec.device)

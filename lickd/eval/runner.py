@@ -15,17 +15,12 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from PIL import Image
 
+from ..image import load_rgb
 from ..provenance import environment
 from .metrics import ms_ssim_rgb, psnr_rgb
 
 METRIC_KEYS = ("bpp", "payload-bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time")
-
-
-def load_rgb(path: os.PathLike) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
 
 
 def measure(codec, img: np.ndarray) -> dict:

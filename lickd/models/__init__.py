@@ -1,9 +1,8 @@
 """Compression models (CompressAI-compatible architectures, any N and M)."""
 from .base import ARCHITECTURES, CompressionModel, register_architecture
 from .google import FactorizedPrior, MeanScaleHyperprior, ScaleHyperprior
-
-#: CompressAI's MSE lambdas for qualities 1..8 (loss = lambda * 255^2 * MSE + bpp).
-MSE_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
+from .variable_rate import (MSE_LAMBDAS, VariableRateMeanScaleHyperprior, VariableRateScaleHyperprior,
+                            check_quality, quality_lambda)
 
 
 def teacher_widths(architecture: str, quality: int) -> tuple[int, int]:
@@ -24,5 +23,6 @@ def build_model(architecture: str, N: int, M: int) -> CompressionModel:
 
 __all__ = [
     "ARCHITECTURES", "CompressionModel", "FactorizedPrior", "MSE_LAMBDAS", "MeanScaleHyperprior",
-    "ScaleHyperprior", "build_model", "register_architecture", "teacher_widths",
+    "ScaleHyperprior", "VariableRateMeanScaleHyperprior", "VariableRateScaleHyperprior", "build_model",
+    "check_quality", "quality_lambda", "register_architecture", "teacher_widths",
 ]

@@ -75,6 +75,17 @@ class CompressionModel(nn.Module):
         """(C, H, W) of each coded latent for a padded input of ``height`` x ``width``."""
         raise NotImplementedError
 
-    def decompress(self, strings: list, shape) -> dict:
+    #: whether one model codes at many rates (``quality`` picks the rate; lickd.models.variable_rate)
+    variable_rate: bool = False
+
+    def analysis(self, x: Tensor, quality=None) -> Tensor:
+        """The coded latent y of an image batch (``quality`` matters to variable-rate models only)."""
+        return self.g_a(x)
+
+    def synthesis(self, y_hat: Tensor, quality=None) -> Tensor:
+        """The reconstruction from the quantised latent y_hat."""
+        return self.g_s(y_hat)
+
+    def decompress(self, strings: list, shape, quality=None) -> dict:
         y_hat = self.decode_latents(strings, shape)["y"]
-        return {"x_hat": self.g_s(y_hat).clamp_(0, 1)}
+        return {"x_hat": self.synthesis(y_hat, quality).clamp_(0, 1)}

@@ -11,10 +11,27 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .. import tiling
 from ..entropy import EntropyBottleneck, GaussianConditional
 from ..entropy.exact import ExactSequential
 from ..layers import GDN, conv, deconv
 from .base import CompressionModel, register_architecture
+
+
+QUANTIZATION = ("noise", "mixed")
+
+
+def _rounded(values, offset, quantization: str, training: bool):
+    """What a synthesis sees of a quantised latent in training: the noisy values the rate term
+    used ("noise", CompressAI's training), or ``round(v - offset) + offset`` with a
+    straight-through gradient ("mixed": the rounded latents decoding will see, Minnen & Singh 2020).
+    ``values`` is the continuous latent, ``offset`` the mean or median it is rounded around;
+    None means "use the noisy latent"."""
+    if quantization not in QUANTIZATION:
+        raise ValueError(f"quantization must be one of {QUANTIZATION}, got {quantization!r}")
+    if quantization == "noise" or not training:
+        return None
+    return offset + (values - offset + (torch.round(values - offset) - (values - offset)).detach())
 
 
 def analysis_transform(N: int, M: int) -> nn.Sequential:
@@ -49,13 +66,17 @@ class FactorizedPrior(CompressionModel):
         f = self.downsampling_factor
         return {"y": (self.M, height // f, width // f)}
 
-    def forward(self, x):
-        y = self.g_a(x)
+    def forward(self, x, quality=None, quantization: str = "noise"):
+        y = self.analysis(x, quality)
         y_hat, y_likelihoods = self.entropy_bottleneck(y)
-        return {"x_hat": self.g_s(y_hat), "likelihoods": {"y": y_likelihoods}, "latents": {"y": y}}
+        medians = self.entropy_bottleneck.expanded_medians(y.size(0), 2)
+        y_ste = _rounded(y, medians, quantization, self.training)
+        y_hat = y_hat if y_ste is None else y_ste
+        return {"x_hat": self.synthesis(y_hat, quality), "likelihoods": {"y": y_likelihoods}, "latents": {"y": y}}
 
-    def compress(self, x, **coder_options):
-        y = self.g_a(x)
+    def compress(self, x, quality=None, *, y=None, **coder_options):
+        """``y``: the latent of ``x`` when the caller computed it (over tiles: lickd.tiling)."""
+        y = self.analysis(x, quality) if y is None else y
         return {"strings": [self.entropy_bottleneck.compress(y, **coder_options)], "shape": y.size()[-2:]}
 
     def decode_latents(self, strings, shape, bare: bool = False):
@@ -108,7 +129,7 @@ class ScaleHyperprior(CompressionModel):
         use) h_s runs in exact fixed point, so every device derives the same CDF indexes;
         otherwise CompressAI's float path."""
         if self.entropy_parameters == "exact":
-            return self._split_params(self.exact_h_s(z_hat).to(z_hat.dtype))
+            return self._split_params(tiling.exact_hyper_synthesis(self, z_hat))  # bit-identical, less memory
         return self._gaussian_params(z_hat)
 
     @property
@@ -119,17 +140,24 @@ class ScaleHyperprior(CompressionModel):
             m = self.__dict__["_exact_h_s"] = ExactSequential(self.h_s)
         return m
 
-    def forward(self, x):
-        y = self.g_a(x)
+    def forward(self, x, quality=None, quantization: str = "noise"):
+        """Training ("noise": CompressAI's additive uniform noise everywhere; "mixed": noise for
+        the rate terms, rounding with a straight-through gradient into h_s and g_s) or, in eval
+        mode, the rounded latents decoding sees."""
+        y = self.analysis(x, quality)
         z = self._hyper_analysis(y)
         z_hat, z_likelihoods = self.entropy_bottleneck(z)
-        scales_hat, means_hat = self._gaussian_params(z_hat)
+        z_ste = _rounded(z, self.entropy_bottleneck.expanded_medians(z.size(0), 2), quantization, self.training)
+        scales_hat, means_hat = self._gaussian_params(z_hat if z_ste is None else z_ste)
         y_hat, y_likelihoods = self.gaussian_conditional(y, scales_hat, means=means_hat)
-        return {"x_hat": self.g_s(y_hat), "likelihoods": {"y": y_likelihoods, "z": z_likelihoods},
+        y_ste = _rounded(y, means_hat if means_hat is not None else torch.zeros_like(y), quantization, self.training)
+        y_hat = y_hat if y_ste is None else y_ste
+        return {"x_hat": self.synthesis(y_hat, quality), "likelihoods": {"y": y_likelihoods, "z": z_likelihoods},
                 "latents": {"y": y, "z": z}}
 
-    def compress(self, x, **coder_options):
-        y = self.g_a(x)
+    def compress(self, x, quality=None, *, y=None, **coder_options):
+        """``y``: the latent of ``x`` when the caller computed it (over tiles: lickd.tiling)."""
+        y = self.analysis(x, quality) if y is None else y
         z = self._hyper_analysis(y)
         z_strings = self.entropy_bottleneck.compress(z, **coder_options)
         # The decoder's z_hat, computed without decoding: round(z - median) + median.

@@ -59,13 +59,23 @@ class TrainConfig:
     aux_lr: float = 1e-3
     lr_milestones: tuple[float, ...] = (0.8, 0.95)  # fractions of steps where lr *= lr_gamma
     lr_gamma: float = 0.3
+    # what h_s and g_s see of the quantised latents in training: "noise" (CompressAI's uniform
+    # noise) or "mixed" (noise for the rate terms, straight-through rounding into the synthesis)
+    quantization: str = "noise"
     clip_max_norm: float = 1.0
     ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off)
-    amp: bool = False  # bf16 autocast of the transforms (entropy models stay fp32)
+    # bf16 autocast of the transforms (entropy models stay fp32): true, false, or "auto": on where
+    # the hardware runs bf16 natively (CUDA; CPUs with AVX-512 BF16 or AMX), off elsewhere (on an
+    # AVX2-only CPU bf16 autocast was measured 6-24x slower than fp32). lickd.train.precision.
+    amp: Any = "auto"
     channels_last: bool = False  # NHWC weights and crops: oneDNN's faster convolutions on CPUs
     fused: bool = False  # run g_a/g_s (student and teacher) with lickd.kernels on GPUs (not yet timed on one)
     seed: int = 0
     device: str = "auto"
+    # what a checkpoint keeps of Adam's state: "full" (fp32 moments: resume is bit-exact),
+    # "compact" (the second moment in bf16, the first dropped: half the size, for checkpoints
+    # kept in git; the first moment re-forms in ~10 steps) or "none" (weights only)
+    optimizer_state: str = "full"
     # bookkeeping
     run_dir: str = "runs/default"
     log_every: int = 50
@@ -116,9 +126,12 @@ def _apply(cfg, data: dict, prefix: str = "") -> None:
             setattr(cfg, key, tuple(value) if isinstance(current, tuple) else value)
 
 
-def load_config(path: Optional[str] = None, overrides: tuple[str, ...] = ()) -> TrainConfig:
-    """TOML file (optional) then ``key=value`` / ``kd.key=value`` overrides, checked against the fields."""
+def load_config(path: Optional[str] = None, overrides: tuple[str, ...] = (), base: Optional[dict] = None) -> TrainConfig:
+    """TOML file (optional; or ``base``, a saved configuration) then ``key=value`` /
+    ``kd.key=value`` overrides, checked against the fields."""
     cfg = TrainConfig()
+    if base is not None:
+        _apply(cfg, base)
     if path:
         with open(path, "rb") as f:
             _apply(cfg, tomllib.load(f))
@@ -140,6 +153,14 @@ def load_config(path: Optional[str] = None, overrides: tuple[str, ...] = ()) -> 
 
 
 def validate(cfg: TrainConfig) -> None:
+    if isinstance(cfg.amp, str) and cfg.amp != "auto":
+        cfg.amp = _coerce(cfg.amp, False, "amp")
+    if cfg.amp not in (True, False, "auto"):
+        raise ValueError("amp must be true, false or auto")
+    if cfg.optimizer_state not in ("full", "compact", "none"):
+        raise ValueError("optimizer_state must be full, compact or none")
+    if cfg.quantization not in ("noise", "mixed"):
+        raise ValueError("quantization must be noise or mixed")
     if cfg.metric not in ("mse", "ms-ssim"):
         raise ValueError("metric must be 'mse' or 'ms-ssim'")
     if cfg.steps < 1 or cfg.batch_size < 1:

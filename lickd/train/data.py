@@ -9,11 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
-from ..image import list_images
+from ..image import list_images, load_rgb
 
 
 class ImageFolder:
@@ -25,8 +23,7 @@ class ImageFolder:
             raise FileNotFoundError(f"training data folder {folder} not found")
         self.images, skipped = [], 0
         for path in list_images(folder)[: limit or None]:
-            with Image.open(path) as im:
-                arr = np.asarray(im.convert("RGB"))
+            arr = load_rgb(path)
             if min(arr.shape[:2]) < patch_size:
                 skipped += 1
                 continue
@@ -59,6 +56,10 @@ class CropSampler:
             flips = [d for d, bit in ((2, self._randint(2)), (1, self._randint(2))) if bit]
             crops.append(crop.flip(flips) if flips else crop)
         return torch.stack(crops).float().div_(255.0)
+
+    def qualities(self, levels: int) -> torch.Tensor:
+        """One quality 1..levels per crop of a batch, uniformly (what a variable-rate model trains at)."""
+        return torch.randint(1, levels + 1, (self.batch_size,), generator=self.generator)
 
     def state(self) -> torch.Tensor:
         return self.generator.get_state()

@@ -1,18 +1,16 @@
-"""The training engine for teachers, distilled students and their no-KD controls.
+"""The training loop for teachers, distilled students and their no-KD controls.
 
 One process per device (``torchrun --nproc_per_node K -m lickd.train ...``, or a plain single
-process); DistributedDataParallel over NCCL on GPUs and gloo on CPUs. Everything a run depends on
-is seeded from integers and checkpointed in safetensors (weights, optimiser moments, the
-schedule, every rank's RNG and crop-sampler state), so ``--resume`` continues bit for bit.
-A checkpoint is written every ``ckpt_every`` steps and when SIGTERM arrives. At the end the
-entropy models are updated and the run is exported as a registry-ready weights file.
+process; lickd.train.distributed). Everything a run depends on is seeded from integers and kept
+in its checkpoint (lickd.train.checkpoint: weights, optimiser state, schedule, RNG and
+crop-sampler state, time spent), written every ``ckpt_every`` steps and when SIGTERM arrives, so
+a run continues from its folder on any machine (docs/training.md). At the end the run is
+exported as a registry-ready weights file.
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
-import os
 import signal
 import sys
 import time
@@ -20,65 +18,29 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .. import zoo
 from ..accelerate import accelerate
-from ..models import ARCHITECTURES, CompressionModel, build_model
-from ..provenance import environment, git_commit
+from ..cpu import resolve_amp
+from ..models import MSE_LAMBDAS as MSE_LEVELS, CompressionModel, build_model, quality_lambda
+from ..provenance import environment
+from .checkpoint import (CHECKPOINT, EXPORT, config_changes, export_run, exported_model, load_optimizer,
+                         optimizer_tensors, read_tensors, run_model_info, write_tensors)
 from .config import TrainConfig, save_config
 from .data import CropSampler, ImageFolder
+from .distributed import World
 from .losses import DistillationLoss, Projection, RateDistortionLoss
 
-CHECKPOINT = "checkpoint.safetensors"
-EXPORT = "model.safetensors"
-
-
-def _atomic_save(tensors: dict, path: Path, metadata: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-              metadata={k: json.dumps(v) for k, v in metadata.items()})
-    os.replace(tmp, path)
-
-
-def _read(path: Path) -> tuple[dict, dict]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-    return load_file(str(path)), meta
-
-
-def _optimizer_tensors(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict, dict]:
-    state = opt.state_dict()
-    tensors = {f"{prefix}.{idx}.{k}": v for idx, s in state["state"].items() for k, v in s.items()}
-    return tensors, {"param_groups": state["param_groups"]}
-
-
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict, groups: list, prefix: str) -> None:
-    state: dict = {}
-    for key, value in tensors.items():
-        if key.startswith(prefix + "."):
-            idx, name = key[len(prefix) + 1:].split(".", 1)
-            state.setdefault(int(idx), {})[name] = value
-    opt.load_state_dict({"state": state, "param_groups": groups})
+PROBE_SEED = 20261201  # the fixed crops, noise and qualities of Trainer.probe
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True):
         self.cfg = cfg
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-        self.device = torch.device("cuda", local_rank) if want_cuda else torch.device("cpu")
-        if want_cuda:
-            torch.cuda.set_device(self.device)
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if want_cuda else "gloo", device_id=self.device if want_cuda else None)
-        self.is_main = self.rank == 0
+        self.dist = World.join(cfg.device)
+        self.world, self.rank, self.device, self.is_main = self.dist.size, self.dist.rank, self.dist.device, self.dist.is_main
+        self.amp = resolve_amp(cfg.amp, self.device.type)
         self.run_dir = Path(cfg.run_dir)
         self.progress = progress and self.is_main
         self.stop_requested = False
@@ -90,13 +52,16 @@ class Trainer:
         else:
             self.model = build_model(cfg.architecture, cfg.N, cfg.M).to(self.device)
         self.model.train()
+        self.variable_rate = self.model.variable_rate
         self.teacher = self._load_teacher(cfg.kd.teacher) if cfg.distilling else None
+        if self.teacher is not None and self.teacher.variable_rate != self.variable_rate:
+            raise ValueError("a variable-rate student needs a variable-rate teacher, a fixed-rate one a fixed-rate teacher")
         self.hybrid_teacher = self._load_teacher(cfg.kd.hybrid_teacher) if cfg.distilling and cfg.kd.hybrid_teacher else None
         for m in (self.model, self.teacher, self.hybrid_teacher):
             if m is None:
                 continue
             if cfg.fused:  # same parameters and state_dict keys; PyTorch layers wherever kernels don't apply
-                accelerate(m, dtype=torch.bfloat16 if cfg.amp else torch.float32)
+                accelerate(m, dtype=torch.bfloat16 if self.amp else torch.float32)
             if cfg.channels_last:
                 m.to(memory_format=torch.channels_last)
         self.projection = Projection({}, {})
@@ -117,6 +82,9 @@ class Trainer:
         self.aux_optimizer = torch.optim.Adam(self.aux_params, lr=cfg.aux_lr)
         self.ema = ({n: p.detach().clone() for n, p in named.items()} if cfg.ema > 0 else None)
         self.step = 0
+        self.cpu_seconds = self.wall_seconds = 0.0  # spent on this run so far, all sessions together
+        self._clock = (time.process_time(), time.time())
+        self.saved_probe: Optional[float] = None  # the probe loss the resumed checkpoint logged
 
         # Data: crops differ per rank; noise too.
         self.data = ImageFolder(cfg.data, cfg.patch_size, self.device)
@@ -128,7 +96,8 @@ class Trainer:
             self.load_checkpoint()
         elif self.is_main:
             save_config(cfg, self.run_dir / "config.json", self.environment())
-        self.ddp = (nn.parallel.DistributedDataParallel(self.model, device_ids=[local_rank] if want_cuda else None)
+        cuda = self.device.type == "cuda"
+        self.ddp = (nn.parallel.DistributedDataParallel(self.model, device_ids=[self.dist.local_rank] if cuda else None)
                     if self.world > 1 else self.model)
         self.writer = self._tensorboard()
 
@@ -158,7 +127,7 @@ class Trainer:
         return self.cfg.lr_gamma**passed
 
     # ------------------------------------------------------------------ one step
-    def _teacher_targets(self, x: torch.Tensor) -> Optional[dict]:
+    def _teacher_targets(self, x: torch.Tensor, quality: Optional[torch.Tensor] = None) -> Optional[dict]:
         """Teacher outputs under no_grad, drawing the same quantisation noise the student will."""
         if self.teacher is None:
             return None
@@ -171,37 +140,37 @@ class Trainer:
                 torch.cuda.set_rng_state(cuda_state, self.device)
 
         with torch.no_grad(), self._autocast():
-            out = self.teacher(x)
+            out = self.teacher(x, quality, self.cfg.quantization)
             restore()
             if self.hybrid_teacher is not None:
-                out["latents"]["z"] = self.hybrid_teacher(x)["latents"]["z"]
+                out["latents"]["z"] = self.hybrid_teacher(x, quality, self.cfg.quantization)["latents"]["z"]
                 restore()
         return {"x_hat": out["x_hat"].detach(), "latents": {k: v.detach() for k, v in out["latents"].items()}}
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
     def train_step(self) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.lr * self.lr_factor(self.step)
         x = self.sampler.next()
+        # A variable-rate model trains every quality at once: one drawn per crop, with its lambda.
+        quality = self.sampler.qualities(len(MSE_LEVELS)).to(self.device) if self.variable_rate else None
+        lmbda = quality_lambda(quality).float() if quality is not None else None
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        targets = self._teacher_targets(x)
+        targets = self._teacher_targets(x, quality)
         self.optimizer.zero_grad(set_to_none=True)
         self.aux_optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            out = self.ddp(x)
-        terms = self.loss_fn(out, x, targets) if targets is not None else self.loss_fn(out, x)
+            out = self.ddp(x, quality, cfg.quantization)
+        terms = (self.loss_fn(out, x, targets, lmbda=lmbda) if targets is not None
+                 else self.loss_fn(out, x, lmbda=lmbda))
         aux = self.model.aux_loss()
         # One backward: the aux loss reaches only the quantiles, the main loss everything else.
         (terms["loss"] + aux).backward()
-        if self.world > 1:  # the KD projections live outside DDP: average their gradients by hand
-            for p in self.projection.parameters():
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad /= self.world
+        self.dist.average_gradients(self.projection.parameters())  # the KD projections live outside DDP
         if cfg.clip_max_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.net_params, cfg.clip_max_norm)
         self.optimizer.step()
@@ -220,32 +189,63 @@ class Trainer:
     def _rng_path(self, rank: int) -> Path:
         return self.run_dir / f"rng-rank{rank}.safetensors"
 
-    def save_checkpoint(self) -> None:
-        """Weights and optimisers (rank 0) plus every rank's RNG and sampler state."""
+    def _rng_state(self) -> dict:
         rng = {"torch": torch.get_rng_state(), "sampler": self.sampler.state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        _atomic_save(rng, self._rng_path(self.rank), {"step": self.step})
-        if self.is_main:
+        return rng
+
+    def _spent(self) -> tuple[float, float]:
+        """CPU seconds (all threads of this process) and wall seconds of the run, all sessions."""
+        return (self.cpu_seconds + time.process_time() - self._clock[0],
+                self.wall_seconds + time.time() - self._clock[1])
+
+    def probe(self) -> float:
+        """The RD loss on a fixed batch (fixed crops, noise and qualities): a number that depends
+        on the weights alone, logged with every checkpoint, so a continued run can check that it
+        starts from what was saved."""
+        sampler = CropSampler(self.data, min(self.cfg.batch_size, 8), seed=PROBE_SEED)
+        x = sampler.next()
+        quality = (torch.arange(x.size(0)) % len(MSE_LEVELS) + 1).to(self.device) if self.variable_rate else None
+        rd = RateDistortionLoss(self.cfg.lmbda, self.cfg.metric)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), torch.no_grad():
+            torch.manual_seed(PROBE_SEED)
+            out = self.model(x, quality, self.cfg.quantization)
+            lmbda = quality_lambda(quality).float() if quality is not None else None
+            return float(rd(out, x, lmbda=lmbda)["rd"])
+
+    def save_checkpoint(self) -> None:
+        """Rank 0: one file with the weights, the optimisers (as ``optimizer_state`` says), the
+        schedule, its own RNG and sampler state and the time spent; other ranks: their RNG."""
+        if not self.is_main:
+            write_tensors(self._rng_state(), self._rng_path(self.rank), {"step": self.step})
+        else:
             tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
             tensors.update({f"projection.{k}": v for k, v in self.projection.state_dict().items()})
             if self.ema is not None:
                 tensors.update({f"ema.{k}": v for k, v in self.ema.items()})
-            opt, opt_meta = _optimizer_tensors(self.optimizer, "opt")
-            aux, aux_meta = _optimizer_tensors(self.aux_optimizer, "aux_opt")
+            kept = self.cfg.optimizer_state
+            opt, opt_meta = optimizer_tensors(self.optimizer, "opt", kept)
+            aux, aux_meta = optimizer_tensors(self.aux_optimizer, "aux_opt", kept)
             tensors.update(opt)
             tensors.update(aux)
-            _atomic_save(tensors, self.run_dir / CHECKPOINT,
-                         {"step": self.step, "opt": opt_meta, "aux_opt": aux_meta, "config": self.cfg.to_dict()})
-        if self.world > 1:
-            dist.barrier()
+            tensors.update({f"rng.{k}": v for k, v in self._rng_state().items()})
+            cpu, wall = self._spent()
+            probe = self.probe()
+            write_tensors(tensors, self.run_dir / CHECKPOINT,
+                         {"step": self.step, "opt": opt_meta, "aux_opt": aux_meta, "config": self.cfg.to_dict(),
+                          "cpu_seconds": cpu, "wall_seconds": wall, "probe_rd": probe, "optimizer_state": kept,
+                          "world_size": self.world})
+            self._log({"event": "checkpoint", "probe_rd": probe, "cpu_seconds": round(cpu, 1),
+                       "wall_seconds": round(wall, 1)})
+        self.dist.barrier()
 
     def load_checkpoint(self) -> None:
         path = self.run_dir / CHECKPOINT
         if not path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir}")
-        tensors, meta = _read(path)
-        changed = _config_changes(meta["config"], self.cfg)
+        tensors, meta = read_tensors(path)
+        changed = config_changes(meta["config"], self.cfg)
         if changed:
             raise ValueError(f"--resume with a different configuration ({', '.join(changed)})")
 
@@ -256,12 +256,17 @@ class Trainer:
         self.projection.load_state_dict(part("projection"))
         if self.ema is not None:
             self.ema = {k: v.to(self.device) for k, v in part("ema").items()}
-        _load_optimizer(self.optimizer, tensors, meta["opt"]["param_groups"], "opt")
-        _load_optimizer(self.aux_optimizer, tensors, meta["aux_opt"]["param_groups"], "aux_opt")
+        load_optimizer(self.optimizer, tensors, meta["opt"]["param_groups"], "opt")
+        load_optimizer(self.aux_optimizer, tensors, meta["aux_opt"]["param_groups"], "aux_opt")
         self.step = int(meta["step"])
-        rng, rng_meta = _read(self._rng_path(self.rank))
-        if int(rng_meta["step"]) != self.step:
-            raise RuntimeError(f"rank {self.rank} RNG state is from step {rng_meta['step']}, weights from {self.step}")
+        self.cpu_seconds, self.wall_seconds = float(meta.get("cpu_seconds", 0)), float(meta.get("wall_seconds", 0))
+        self._clock = (time.process_time(), time.time())
+        self.saved_probe = meta.get("probe_rd")
+        rng = part("rng")
+        if not rng or not self.is_main:  # other ranks (and checkpoints before the merge): their own file
+            rng, rng_meta = read_tensors(self._rng_path(self.rank))
+            if int(rng_meta["step"]) != self.step:
+                raise RuntimeError(f"rank {self.rank} RNG state is from step {rng_meta['step']}, weights from {self.step}")
         torch.set_rng_state(rng["torch"])
         self.sampler.set_state(rng["sampler"])
         if "cuda" in rng and self.device.type == "cuda":
@@ -269,55 +274,42 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation and export
     def export_model(self) -> CompressionModel:
-        """A copy of the trained model (EMA weights if enabled) with updated CDF tables."""
-        model = copy.deepcopy(self.model).eval()
-        if self.ema is not None:
-            with torch.no_grad():
-                for n, p in model.named_parameters():
-                    p.copy_(self.ema[n])
-        model.update(force=True)
-        return model
+        """The model as it would be exported now (EMA weights if enabled, CDF tables built)."""
+        return exported_model(self.cfg.architecture, self.model.state_dict(), self.ema)
 
     def model_info(self) -> zoo.ModelInfo:
-        cfg = self.cfg
-        return zoo.ModelInfo(
-            name=cfg.name or self.run_dir.name, architecture=cfg.architecture, N=self.model.N, M=self.model.M,
-            lmbda=cfg.lmbda, metric=cfg.metric,
-            training={"steps": self.step, "seed": cfg.seed, "teacher": cfg.kd.teacher if cfg.distilling else None,
-                      "kd": cfg.to_dict()["kd"] if cfg.kd.teacher else None, "commit": git_commit(),
-                      "batch_size": cfg.batch_size * self.world, "patch_size": cfg.patch_size})
+        return run_model_info(self.cfg, self.model, self.step, self.world, self._spent()[0], self.run_dir)
 
     def validate(self) -> dict[str, float]:
         """Actual-bytes bpp and PSNR on the first ``val_images`` validation images, with the
         likelihood estimate beside it."""
         from ..codec import StudentCodec
-        from ..image import list_images
-        from ..eval.metrics import psnr_rgb
-        from ..eval.runner import load_rgb
-        from ..image import pad_to_multiple, to_tensor
+        from ..eval.codecs import LickdCodec
+        from ..eval.runner import measure
+        from ..image import list_images, load_rgb, pad_to_multiple, to_tensor
         from .losses import bpp
 
         cfg = self.cfg
         if not cfg.val_data or not Path(cfg.val_data).is_dir():
             return {}
-        model = self.export_model()
+        model = self.export_model().to(self.device)
         codec = StudentCodec(model, self.model_info(), device=self.device)
+        point = LickdCodec(codec)  # a variable-rate model: at its default quality
         rows = []
         for path in list_images(cfg.val_data)[: cfg.val_images]:
             img = load_rgb(path)
-            data = codec.compress(img)
-            out = codec.decompress(data, output="numpy")
+            row = measure(point, img)  # real file bytes and the decoded image, as lickd eval measures
             with torch.no_grad():
                 x = pad_to_multiple(to_tensor(img)[0].to(self.device), model.downsampling_factor)
-                est = float(bpp(model(x)["likelihoods"], img.shape[0] * img.shape[1]))
-            rows.append((8 * len(data) / (img.shape[0] * img.shape[1]), est, psnr_rgb(img, out)))
+                row["estimated"] = float(bpp(model(x, codec.quality)["likelihoods"], img.shape[0] * img.shape[1]))
+            rows.append(row)
             if self.writer is not None and len(rows) == 1:  # one sample reconstruction per validation
-                self.writer.add_image("val/reconstruction", torch.from_numpy(out.copy()).permute(2, 0, 1), self.step)
+                out = codec.decompress(codec.compress(img), output="tensor")
+                self.writer.add_image("val/reconstruction", out, self.step)
         if not rows:
             return {}
-        n = len(rows)
-        return {"val/bpp": sum(r[0] for r in rows) / n, "val/bpp_estimated": sum(r[1] for r in rows) / n,
-                "val/psnr": sum(r[2] for r in rows) / n}
+        return {f"val/{name}": sum(r[key] for r in rows) / len(rows)
+                for name, key in (("bpp", "bpp"), ("bpp_estimated", "estimated"), ("psnr", "psnr-rgb"))}
 
     def weights_fingerprint(self) -> float:
         """A float64 sum of every trained parameter (model and KD projections): equal on all ranks."""
@@ -334,12 +326,6 @@ class Trainer:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and math.isfinite(v):
                     self.writer.add_scalar(k if "/" in k else f"train/{k}", v, self.step)
-
-    def _sync_stop(self) -> bool:
-        flag = torch.tensor([1.0 if self.stop_requested else 0.0], device=self.device)  # NCCL needs CUDA tensors
-        if self.world > 1:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
 
     def train(self) -> dict:
         cfg = self.cfg
@@ -361,7 +347,7 @@ class Trainer:
                     self._log(stats)
                 if self.is_main and cfg.val_every and self.step % cfg.val_every == 0:
                     self._log(self.validate())
-                stop = self._sync_stop()
+                stop = self.dist.any(self.stop_requested)
                 if self.step % cfg.ckpt_every == 0 or stop or self.step == cfg.steps:
                     self.save_checkpoint()
                 if stop:
@@ -375,18 +361,15 @@ class Trainer:
 
     def finish(self) -> dict:
         """Checks that every rank holds the same weights, then exports the model (rank 0)."""
-        fingerprint = self.weights_fingerprint()
-        prints = [fingerprint]
-        if self.world > 1:
-            gathered = [None] * self.world
-            dist.all_gather_object(gathered, fingerprint)
-            prints = gathered
-            if len(set(prints)) != 1:
-                raise RuntimeError(f"ranks hold different weights: {prints}")
-        summary = {"step": self.step, "stopped": False, "rank_fingerprints": prints}
+        prints = self.dist.gather(self.weights_fingerprint())
+        if len(set(prints)) != 1:
+            raise RuntimeError(f"ranks hold different weights: {prints}")
+        cpu, wall = self._spent()
+        summary = {"step": self.step, "stopped": False, "rank_fingerprints": prints, "cpu_seconds": round(cpu, 1),
+                   "wall_seconds": round(wall, 1)}
         if self.is_main:
             summary.update(self.validate())
-            info = zoo.save_weights(self.export_model(), self.run_dir / EXPORT, self.model_info())
+            info = export_run(self.run_dir, self.run_dir / EXPORT)  # from the final checkpoint, as lickd export
             summary.update(export=str(info.path), sha256=info.sha256)
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
             self._log({"event": "finished", **{k: v for k, v in summary.items() if k != "rank_fingerprints"}})
@@ -395,30 +378,10 @@ class Trainer:
         return summary
 
     def close(self) -> None:
-        """Waits for every rank, then tears the process group down (its threads must not outlive
-        the interpreter)."""
-        if self.world > 1 and dist.is_initialized():
-            dist.barrier()
-            dist.destroy_process_group()
+        self.dist.close()
 
     def _on_sigterm(self, signum, frame) -> None:
         self.stop_requested = True
-
-
-def _config_changes(saved: dict, cfg: TrainConfig) -> list[str]:
-    """Fields that differ between a checkpoint's config and ``cfg``. ``steps`` may grow (a run can
-    be extended); a field the checkpoint predates counts as its default value."""
-    from .config import TrainConfig as Defaults
-
-    saved, now, defaults = (json.loads(json.dumps(d)) for d in (saved, cfg.to_dict(), Defaults().to_dict()))
-    changed = []
-    for key in sorted(set(now) - {"steps"}):
-        if isinstance(now[key], dict):
-            old = {**defaults[key], **saved.get(key, {})}
-            changed += [f"{key}.{k}" for k in sorted(now[key]) if old.get(k) != now[key][k]]
-        elif saved.get(key, defaults[key]) != now[key]:
-            changed.append(key)
-    return changed
 
 
 def _main_thread() -> bool:
@@ -427,20 +390,3 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def export_run(run_dir: os.PathLike, output: os.PathLike, half: bool = False, name: Optional[str] = None) -> zoo.ModelInfo:
-    """Registry-ready weights from a run's latest checkpoint (projections dropped, tables built)."""
-    from .config import from_dict
-
-    run_dir = Path(run_dir)
-    tensors, meta = _read(run_dir / CHECKPOINT)
-    cfg = from_dict(meta["config"])
-    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    if cfg.ema > 0:  # EMA parameters replace the live ones; buffers stay
-        state.update({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")})
-    model = ARCHITECTURES[cfg.architecture].from_state_dict(state)
-    model.eval().update(force=True)
-    info = zoo.ModelInfo(name=name or cfg.name or run_dir.name, architecture=cfg.architecture, N=model.N, M=model.M,
-                         lmbda=cfg.lmbda, metric=cfg.metric,
-                         training={"steps": int(meta["step"]), "seed": cfg.seed,
-                                   "teacher": cfg.kd.teacher if cfg.distilling else None})
-    return zoo.save_weights(model, output, info, half=half)

@@ -30,28 +30,41 @@ def bpp(likelihoods: dict[str, Tensor], num_pixels: int) -> Tensor:
 
 
 class RateDistortionLoss(nn.Module):
+    """``lmbda`` is the model's lambda; a variable-rate model's batches pass one per image
+    (``forward(..., lmbda=tensor[B])``): the loss is then the batch mean of each image's own
+    lambda * D + R (the rate term's mean is the batch bpp either way)."""
+
     def __init__(self, lmbda: float, metric: str = "mse"):
         super().__init__()
         self.lmbda, self.metric = float(lmbda), metric
 
-    def distortion(self, x_hat: Tensor, target: Tensor, terms: Optional[dict] = None) -> Tensor:
+    def distortion(self, x_hat: Tensor, target: Tensor, terms: Optional[dict] = None,
+                   lmbda: Optional[Tensor] = None) -> Tensor:
         """lambda * 255^2 * MSE, or lambda * (1 - MS-SSIM): the distortion term of the RD loss
         (the MS-SSIM value itself goes into ``terms`` when given)."""
+        if lmbda is None:
+            lmbda_mean, per_image = self.lmbda, None
+        else:
+            per_image = lmbda.to(x_hat.device, torch.float32)
         if self.metric == "mse":
-            return self.lmbda * 255**2 * F.mse_loss(x_hat, target)
+            if per_image is None:
+                return lmbda_mean * 255**2 * F.mse_loss(x_hat, target)
+            return 255**2 * (per_image * (x_hat - target).square().mean(dim=(1, 2, 3))).mean()
         from pytorch_msssim import ms_ssim
 
-        value = ms_ssim(x_hat, target, data_range=1.0)
+        value = ms_ssim(x_hat, target, data_range=1.0, size_average=per_image is None)
         if terms is not None:
-            terms["ms-ssim"] = value
-        return self.lmbda * (1 - value)
+            terms["ms-ssim"] = value.mean()
+        if per_image is None:
+            return lmbda_mean * (1 - value)
+        return (per_image * (1 - value)).mean()
 
-    def forward(self, output: dict, target: Tensor) -> dict[str, Tensor]:
+    def forward(self, output: dict, target: Tensor, lmbda: Optional[Tensor] = None) -> dict[str, Tensor]:
         n, _, h, w = target.shape
         terms = {"bpp": bpp(output["likelihoods"], n * h * w)}
         x_hat = output["x_hat"].float()
         terms["mse"] = F.mse_loss(x_hat, target)
-        terms["distortion"] = self.distortion(x_hat, target, terms)
+        terms["distortion"] = self.distortion(x_hat, target, terms, lmbda)
         terms["rd"] = terms["distortion"] + terms["bpp"]
         terms["psnr"] = -10 * torch.log10(terms["mse"].detach().clamp_min(1e-10))
         terms["loss"] = terms["rd"]
@@ -78,8 +91,8 @@ class DistillationLoss(nn.Module):
         self.weights = {k: float(v) for k, v in weights.items() if v}
         self.projection = projection if projection is not None else Projection({}, {})
 
-    def forward(self, output: dict, target: Tensor, teacher: dict) -> dict[str, Tensor]:
-        terms = self.rd(output, target)
+    def forward(self, output: dict, target: Tensor, teacher: dict, lmbda: Optional[Tensor] = None) -> dict[str, Tensor]:
+        terms = self.rd(output, target, lmbda)
         loss = self.weights.get("rd", 0.0) * terms["rd"]
         for name in ("y", "z"):
             if name in self.weights:
@@ -87,7 +100,7 @@ class DistillationLoss(nn.Module):
                 terms[f"kd_{name}"] = F.mse_loss(student, teacher["latents"][name].float())
                 loss = loss + self.weights[name] * terms[f"kd_{name}"]
         if "x" in self.weights:
-            terms["kd_x"] = self.rd.distortion(output["x_hat"].float(), teacher["x_hat"].float())
+            terms["kd_x"] = self.rd.distortion(output["x_hat"].float(), teacher["x_hat"].float(), lmbda=lmbda)
             loss = loss + self.weights["x"] * terms["kd_x"]
         terms["loss"] = loss
         return terms

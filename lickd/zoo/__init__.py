@@ -44,6 +44,12 @@ class ModelInfo:
     path: Optional[Path] = None
     description: str = ""
     training: dict = field(default_factory=dict)  # how it was made: teacher, steps, seed, commit...
+    default: bool = False  # registry: the model lickd encode and StudentCodec.from_pretrained() use
+    measured: dict = field(default_factory=dict)  # registry: Kodak bpp/PSNR per quality, parameters, CPU times
+
+    @property
+    def variable_rate(self) -> bool:
+        return bool(getattr(ARCHITECTURES.get(self.architecture), "variable_rate", False))
 
     @property
     def short_hash(self) -> str:
@@ -112,7 +118,9 @@ def save_weights(model: CompressionModel, path: os.PathLike, info: ModelInfo, ha
         tensors[name] = t.half() if half and name in params and t.is_floating_point() else t
     info = copy.copy(info)
     info.architecture, info.N, info.M = model.architecture, model.N, model.M
-    save_file(tensors, str(path), metadata=info.metadata())
+    from ..fileio import atomic_save
+
+    atomic_save(path, lambda tmp: save_file(tensors, tmp, metadata=info.metadata()))
     info.sha256, info.path = file_sha256(path), Path(path)
     return info
 
@@ -155,18 +163,30 @@ def registry() -> list[ModelInfo]:
         out.append(ModelInfo(name=e["name"], architecture=e["architecture"], N=e["N"], M=e["M"],
                              quality=e.get("quality"), lmbda=e.get("lambda"), metric=e.get("metric", "mse"),
                              sha256=e["sha256"], path=ZOO_DIR / "weights" / e["file"],
-                             description=e.get("description", "")))
+                             description=e.get("description", ""), default=bool(e.get("default")),
+                             measured=e.get("measured", {})))
     return out
+
+
+def _registry_or_raise() -> list[ModelInfo]:
+    entries = registry()
+    if not entries:
+        raise ModelNotFoundError("no pretrained model ships with this lickd (the registry is empty); "
+                                 "give a weights file")
+    return entries
+
+
+def find_default() -> ModelInfo:
+    """The shipped default model (the registry's entry marked ``default``, else its first)."""
+    entries = _registry_or_raise()
+    return next((e for e in entries if e.default), entries[0])
 
 
 def find(name: Optional[str] = None, quality: Optional[int] = None, weights_hash: Optional[str] = None) -> ModelInfo:
     """The registry entry matching a name (``name`` or ``name@hash``), quality and/or hash prefix."""
     if name and "@" in name:
         name, weights_hash = name.split("@", 1)
-    entries = registry()
-    if not entries:
-        raise ModelNotFoundError("no pretrained model ships with this lickd yet (the registry is empty); "
-                                 "pass a weights file with --weights / weights=")
+    entries = _registry_or_raise()
     matches = [e for e in entries
                if (name is None or e.name == name) and (quality is None or e.quality == quality)
                and (weights_hash is None or e.sha256.startswith(weights_hash))]
@@ -177,11 +197,17 @@ def find(name: Optional[str] = None, quality: Optional[int] = None, weights_hash
     return matches[0]
 
 
-def find_quality(quality: int) -> ModelInfo:
-    """The registered model of this quality, else the nearest one (ties: the higher), with a warning."""
-    entries = [e for e in registry() if e.quality is not None]
+def find_quality(quality: float) -> ModelInfo:
+    """The model for a quality: the default variable-rate model when one ships (it codes at any
+    quality 1..8), else the fixed-rate model of this quality, else the nearest one (ties: the
+    higher), with a warning."""
+    entries = _registry_or_raise()
+    variable = [e for e in entries if e.variable_rate]
+    if variable:
+        return next((e for e in variable if e.default), variable[0])
+    entries = [e for e in entries if e.quality is not None]
     if not entries:
-        return find(quality=quality)  # raises the registry-empty / not-found error
+        return find(quality=quality)  # raises the not-found error
     best = min(entries, key=lambda e: (abs(e.quality - quality), -e.quality))
     if best.quality != quality:
         warnings.warn(f"no model of quality {quality} is registered; using {best.name} (quality {best.quality})",
@@ -189,4 +215,4 @@ def find_quality(quality: int) -> ModelInfo:
     return best
 
 
-__all__ = ["ModelInfo", "file_sha256", "state_sha256", "find", "find_quality", "load_weights", "registry", "save_weights"]
+__all__ = ["ModelInfo", "file_sha256", "state_sha256", "find", "find_default", "find_quality", "load_weights", "registry", "save_weights"]

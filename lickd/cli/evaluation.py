@@ -6,28 +6,73 @@ import math
 import sys
 from pathlib import Path
 
+from .common import CliError, load_codec, load_image
 
-def _parse_qualities(text: str) -> list[int]:
+
+def _parse_qualities(text: str, kind=int) -> list:
     try:
-        return [int(q) for q in text.split(",") if q.strip()]
+        return [kind(q) for q in text.split(",") if q.strip()]
     except ValueError:
-        raise SystemExit(f"lickd: error: -q takes a comma-separated list of integers, got {text!r}") from None
+        what = "integers" if kind is int else "numbers"
+        raise CliError(None, f"-q takes a comma-separated list of {what}, got {text!r}") from None
 
 
 def _write_json(doc: dict, output) -> None:
+    from ..fileio import atomic_write
+
     text = json.dumps(doc, indent=2, allow_nan=True)
     if output in (None, "-"):
         print(text)
     else:
-        Path(output).write_text(text + "\n")
+        atomic_write(output, (text + "\n").encode())
+
+
+def _lickd_points(args, fused) -> list:
+    """The points of a lickd ``eval``: each --weights or --model (a variable-rate model at every
+    -q, by default 1..8; a fixed-rate one at its own quality), else the shipped models for -q,
+    else every shipped model."""
+    from ..eval.codecs import LickdCodec
+    from ..models import MSE_LAMBDAS
+
+    qualities = _parse_qualities(args.quality, float) if args.quality else None
+    if args.weights:
+        codecs = [load_codec(args.device, weights=w) for w in args.weights]
+    elif args.model:
+        codecs = [load_codec(args.device, model=m) for m in args.model]
+    elif qualities:
+        codecs = list({c.info.sha256: c for c in (load_codec(args.device, quality=q) for q in qualities)}.values())
+    else:  # every shipped model
+        from .. import zoo
+
+        codecs = [load_codec(args.device, model=f"{e.name}@{e.sha256}") for e in zoo.registry()] \
+            or [load_codec(args.device)]  # an empty registry: its error
+    if args.fused:
+        import torch
+
+        from .. import accelerate
+        from ..kernels import kernels_available
+
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.fused]
+        for c in codecs:
+            if not args.emulate and not kernels_available(torch.empty(0, device=c.device)):
+                raise CliError(None, "--fused runs the Triton kernels: it needs a CUDA device (or "
+                                     "TRITON_INTERPRET=1, very slow); on a CPU add --emulate")
+            accelerate(c.model, dtype=dtype, emulate=args.emulate)
+    points = []
+    for c in codecs:
+        if c.variable_rate:
+            points += [LickdCodec(c, fused=fused, quality=q) for q in qualities or range(1, len(MSE_LAMBDAS) + 1)]
+        elif qualities and not args.weights and not args.model and c.info.quality not in qualities:
+            continue
+        else:
+            points.append(LickdCodec(c, fused=fused))
+    return points
 
 
 def cmd_eval(args) -> None:
-    from ..cli import CliError
-    from ..codec import StudentCodec
+    from ..eval.codecs import DEFAULT_QUALITIES, PillowCodec
+    from ..eval.runner import evaluate
     from ..image import list_images
-    from .codecs import DEFAULT_QUALITIES, LickdCodec, PillowCodec
-    from .runner import evaluate
 
     if args.emulate and not (args.fused and not args.codec):
         raise CliError(None, "--emulate needs --fused DTYPE (and a lickd model, not --codec)")
@@ -47,31 +92,8 @@ def cmd_eval(args) -> None:
             raise CliError(None, str(e)) from None
         name, description = points[0].name, points[0].description()
     else:
-        if args.weights:
-            codecs = [StudentCodec.from_file(w, device=args.device) for w in args.weights]
-        elif args.model:
-            codecs = [StudentCodec.from_pretrained(m, device=args.device) for m in args.model]
-        elif args.quality:
-            codecs = [StudentCodec.from_pretrained(q, device=args.device) for q in _parse_qualities(args.quality)]
-        else:  # every shipped model
-            from .. import zoo
-
-            entries = zoo.registry() or [zoo.find()]  # find() raises the registry-empty error
-            codecs = [StudentCodec.from_pretrained(f"{e.name}@{e.sha256}", device=args.device) for e in entries]
-        if args.fused:
-            import torch
-
-            from .. import accelerate
-            from ..kernels import kernels_available
-
-            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.fused]
-            for c in codecs:
-                if not args.emulate and not kernels_available(torch.empty(0, device=c.device)):
-                    raise CliError(None, "--fused runs the Triton kernels: it needs a CUDA device (or "
-                                         "TRITON_INTERPRET=1, very slow); on a CPU add --emulate")
-                accelerate(c.model, dtype=dtype, emulate=args.emulate)
         fused = args.fused and args.fused + (" (emulated: the kernels' rounding model in PyTorch)" if args.emulate else "")
-        points = [LickdCodec(c, fused=fused) for c in codecs]
+        points = _lickd_points(args, fused)
         name = args.name or points[0].name
         description = "; ".join(p.description() for p in points)
     doc = evaluate(points, images, name=args.name or name, description=description, progress=not args.quiet,
@@ -86,10 +108,9 @@ def cmd_eval(args) -> None:
 
 
 def cmd_bd_rate(args) -> None:
-    from ..cli import CliError
-    from .bdrate import bd_psnr, bd_rate
-    from .metrics import ms_ssim_db
-    from .plot import load_results
+    from ..eval.bdrate import bd_psnr, bd_rate
+    from ..eval.metrics import ms_ssim_db
+    from ..eval.plot import load_results
 
     try:
         anchor = load_results(args.anchor)
@@ -133,8 +154,7 @@ def cmd_bd_rate(args) -> None:
 
 
 def cmd_plot(args) -> None:
-    from ..cli import CliError
-    from .plot import plot_rd
+    from ..eval.plot import plot_rd
 
     try:
         plot_rd(args.results, args.output, title=args.title or "")
@@ -147,18 +167,18 @@ def cmd_plot(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from ..codec import StudentCodec
-    from .bench import benchmark, macs_per_pixel, parameter_counts
-    from ..provenance import environment
-    from .runner import load_rgb
+    import numpy as np
 
-    codec = (StudentCodec.from_file(args.weights, device=args.device) if args.weights
-             else StudentCodec.from_pretrained(args.model or 3, device=args.device))
+    from ..eval.bench import benchmark, macs_per_pixel, parameter_counts
+    from ..image import rgb_array
+    from ..provenance import environment
+
+    codec = load_codec(args.device, weights=args.weights, model=args.model)
     if args.image:
-        image = load_rgb(args.image)
+        image = rgb_array(load_image(Path(args.image)))
     else:
         w, h = (int(v) for v in args.size.lower().split("x"))
-        rng = __import__("numpy").random.default_rng(0)
+        rng = np.random.default_rng(0)
         image = rng.integers(0, 256, (h, w, 3), dtype="uint8")
     h, w = image.shape[:2]
     f = codec.model.downsampling_factor
@@ -181,51 +201,3 @@ def cmd_bench(args) -> None:
     print(f"throughput: encode {doc['encode_mpixel_per_s']:.2f} MP/s, decode {doc['decode_mpixel_per_s']:.2f} MP/s; "
           f"peak memory {doc['peak_memory_mb']:.0f} MB ({doc['peak_memory_kind']}); energy "
           + (f"{energy:.3f} J/image (encode+decode, idle subtracted)" if energy is not None else f"n/a ({doc['energy_note']})"))
-
-
-def add_commands(sub) -> None:
-    e = sub.add_parser("eval", help="RD evaluation on a folder (CompressAI result JSON)")
-    e.add_argument("dataset", help="folder of images (e.g. ../shared/data/kodak)")
-    src = e.add_mutually_exclusive_group()
-    src.add_argument("--codec", choices=["jpeg", "webp", "avif"], help="a classical anchor through Pillow")
-    src.add_argument("--weights", action="append", help="lickd weights file, one per RD point (repeatable)")
-    src.add_argument("--model", action="append", help="registered model name (repeatable; default: every shipped model)")
-    e.add_argument("-q", "--quality", help="comma-separated qualities (codec scale, or lickd registry 1..8)")
-    e.add_argument("--subsampling", choices=["default", "444"], default="default",
-                   help="chroma subsampling of the classical codecs (default: the encoder's own, 4:2:0)")
-    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    e.add_argument("--fused", choices=["bf16", "fp16", "fp32"],
-                   help="lickd: g_a/g_s through the fused Triton kernels in this storage dtype (GPUs, or "
-                        "TRITON_INTERPRET=1 on CPUs)")
-    e.add_argument("--emulate", action="store_true",
-                   help="with --fused: run the kernels' rounding model in PyTorch instead of the kernels (any "
-                        "device, fast): predicts the fused path's PSNR and bytes without a GPU")
-    e.add_argument("--name", help="curve name in the JSON")
-    e.add_argument("--limit", type=int, help="only the first N images (quick runs)")
-    e.add_argument("-o", "--output", help="result JSON (default: stdout)")
-    e.add_argument("--quiet", action="store_true")
-    e.set_defaults(func=cmd_eval)
-
-    b = sub.add_parser("bd-rate", help="Bjøntegaard deltas of result files against an anchor")
-    b.add_argument("anchor", help="anchor result JSON")
-    b.add_argument("test", nargs="+", help="result JSON(s) to compare")
-    b.add_argument("--metric", choices=["psnr", "ms-ssim"], default="psnr")
-    b.add_argument("--json", action="store_true")
-    b.set_defaults(func=cmd_bd_rate)
-
-    p = sub.add_parser("plot", help="RD curves of result files")
-    p.add_argument("results", nargs="+", help="result JSON files (CompressAI schema)")
-    p.add_argument("-o", "--output", required=True, help="image file (.png, .pdf, .svg)")
-    p.add_argument("--title")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=cmd_plot)
-
-    n = sub.add_parser("bench", help="parameters, MACs, per-stage latency, memory and energy of a model")
-    n.add_argument("--weights", help="lickd weights file")
-    n.add_argument("--model", help="registered model name or quality")
-    n.add_argument("--image", help="image to code (default: random pixels of --size)")
-    n.add_argument("--size", default="768x512", help="WxH of the default image")
-    n.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    n.add_argument("--repeats", type=int, default=10)
-    n.add_argument("--json", help="also write the numbers to this JSON file")
-    n.set_defaults(func=cmd_bench)
