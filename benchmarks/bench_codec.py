@@ -199,9 +199,10 @@ def memory_child(args, device, stage: str, megapixels: str, path: str) -> None:
         w, h = out.size
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     f = codec.model.downsampling_factor
+    tile = codec.tile_for([-(-n // f) * f for n in (h, w)])  # at the padded size
     print(json.dumps({"stage": stage, "megapixels": h * w / 1e6, "height": h, "width": w, "bytes": len(data),
                       "seconds": seconds, "mp_per_s": h * w / 1e6 / seconds, "peak_rss_mb": peak,
-                      "idle_rss_mb": idle, "tile": codec.tile_for([-(-n // f) * f for n in (h, w)]), "threads": torch.get_num_threads(),
+                      "idle_rss_mb": idle, "tile": tile, "threads": torch.get_num_threads(),
                       "architecture": codec.info.architecture, "N": codec.model.N, "M": codec.model.M}))
 
 

@@ -35,8 +35,11 @@ from .models.variable_rate import DEFAULT_QUALITY
 FILE_CODER = f"rans{STREAM_VERSION}b+x{EXACT_VERSION}"
 
 #: With ``tile=None`` (automatic), images of more padded pixels than this run g_a and g_s in
-#: tiles of ``DEFAULT_TILE`` pixels: below it the whole-image pass is as fast and fits easily
-#: (benchmarks/bench_codec.py --memory measures both).
+#: tiles of ``DEFAULT_TILE`` pixels. Measured on the 2-core AVX2 machine (N=64/M=192, one
+#: thread, beside two training runs): at 0.4 and 1 MP 512-pixel tiles take the time of the
+#: whole pass, at 2 and 4 MP 25-70 % less (they stay in cache); a whole g_a pass holds ~0.3 GB
+#: per MP (N=64; twice that for N=128), which 2 MP bounds at ~0.6 GB. A 512-pixel tile holds
+#: ~80 MB of g_a activations and recomputes ~19 % (g_a) and ~13 % (g_s) of its outputs as halo.
 TILE_THRESHOLD = 2_000_000
 DEFAULT_TILE = 512
 
@@ -47,10 +50,10 @@ class StudentCodec:
     def __init__(self, model: CompressionModel, info: zoo.ModelInfo, device: Union[str, torch.device, None] = "auto",
                  quality: Union[int, float, None] = None, tile: Union[int, None] = None):
         self.device = resolve_device(device)
-        #: g_a and g_s tiles, in pixels a side: None picks (tiles of DEFAULT_TILE above
-        #: TILE_THRESHOLD pixels), 0 never tiles; files do not depend on it
         if tile is not None and int(tile) < 0:
             raise ValueError(f"tile must be None, 0 or a number of pixels, got {tile}")
+        #: g_a and g_s tiles, in pixels a side: None picks (tiles of DEFAULT_TILE above
+        #: TILE_THRESHOLD pixels), 0 never tiles; files do not depend on it
         self.tile = tile
         self.model = model.to(self.device).eval()
         self.model.entropy_parameters = "exact"  # files decode on any device (lickd.entropy.exact)

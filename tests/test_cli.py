@@ -238,6 +238,8 @@ def test_model_choices_beside_weights_are_a_usage_error(capsys, tmp_path, image_
 
 def test_quality_beside_variable_rate_weights_sets_the_rate(capsys, tmp_path, image_file):
     from test_variable_rate import make_vr
+
+    from lickd import zoo
     model = make_vr()
     vr = zoo.save_weights(model, tmp_path / "vr.safetensors",
                           zoo.ModelInfo(name="vr", architecture=model.architecture, N=model.N, M=model.M, quality=3)).path
@@ -250,8 +252,9 @@ def test_quality_beside_variable_rate_weights_sets_the_rate(capsys, tmp_path, im
         code, text, _ = run(capsys, "info", out)
         assert f"quality={float(q):g}" in text
     assert sizes["1"] < sizes["8"]
-    code, _, err = run(capsys, "encode", image_file, "-o", tmp_path / "x.lkd", "-q", "9", "--weights", vr)
-    assert code == 2 and "1..8" in err
+    with pytest.raises(SystemExit) as e:  # argparse's own usage error
+        run(capsys, "encode", image_file, "-o", tmp_path / "x.lkd", "-q", "9", "--weights", vr)
+    assert e.value.code == 2 and "1..8" in capsys.readouterr().err
 
 
 def test_a_closed_stdout_ends_quietly_with_status_0(tmp_path, lkd_file):
@@ -332,3 +335,238 @@ def test_an_output_named_for_the_other_kind_of_file_is_a_usage_error(capsys, tmp
     code, _, err = run(capsys, command, src, "-o", tmp_path / output, "--weights", weights)
     assert code == 2 and err.count("\n") == 1 and output in err
     assert not (tmp_path / output).exists()
+
+
+# ---------------------------------------------------------------------------- many files (issue 15, item 3)
+def make_images(folder, rng, names, size=(45, 70)):
+    """Noise images ``names`` in ``folder`` (``size`` is H x W, or one per name)."""
+    folder.mkdir(exist_ok=True)
+    sizes = size if isinstance(size, list) else [size] * len(names)
+    paths = []
+    for name, (h, w) in zip(names, sizes):
+        path = folder / name
+        Image.fromarray(np.clip(rng.normal(128, 40, (h, w, 3)), 0, 255).astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def error_lines(err):
+    return [line for line in err.splitlines() if line.startswith("lickd: error:")]
+
+
+@pytest.mark.parametrize("jobs", [["-j", "2"], ["-j", "1"], []], ids=["2 workers", "1 worker", "default"])
+def test_many_files_to_a_folder_and_back_equal_single_file_runs(capsys, tmp_path, rng, weights, jobs):
+    """Two sizes (one of them twice), coded together into a folder: the same bytes, .lkd and PNG,
+    as one file at a time, one summary line per file, outputs named from the inputs."""
+    images = make_images(tmp_path / "in", rng, ["a.png", "b.png", "c.png"], [(45, 70), (45, 70), (64, 33)])
+    single = tmp_path / "single"
+    single.mkdir()
+    for img in images:
+        assert run(capsys, "encode", img, "-o", single / f"{img.stem}.lkd", "--weights", weights)[0] == 0
+        assert run(capsys, "decode", single / f"{img.stem}.lkd", "-o", single / f"{img.stem}.png",
+                   "--weights", weights)[0] == 0
+    lkd_dir, png_dir = tmp_path / "lkd", tmp_path / "png"
+    lkd_dir.mkdir(), png_dir.mkdir()
+    code, out, err = run(capsys, "encode", *images, "-o", lkd_dir, "--weights", weights, *jobs)
+    assert code == 0 and out == "", err
+    assert err.count("\n") == 3 and [line.split()[0] for line in err.splitlines()] == [str(p) for p in images]
+    lkds = sorted(lkd_dir.iterdir())
+    assert [p.name for p in lkds] == ["a.lkd", "b.lkd", "c.lkd"]
+    code, out, err = run(capsys, "decode", *lkds, "-o", png_dir, "--weights", weights, *jobs)
+    assert code == 0 and err.count("\n") == 3, err
+    for img in images:
+        assert (lkd_dir / f"{img.stem}.lkd").read_bytes() == (single / f"{img.stem}.lkd").read_bytes()
+        assert (png_dir / f"{img.stem}.png").read_bytes() == (single / f"{img.stem}.png").read_bytes()
+
+
+def test_many_files_without_output_go_beside_their_inputs_and_json_is_one_line_each(capsys, tmp_path, rng,
+                                                                                    weights):
+    images = make_images(tmp_path / "x", rng, ["p.png"]) + make_images(tmp_path / "y", rng, ["q.png"])
+    code, out, err = run(capsys, "encode", *images, "--weights", weights, "--json", "-j", "2")
+    assert code == 0 and err == ""
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["output"] for r in records] == [str(tmp_path / "x" / "p.lkd"), str(tmp_path / "y" / "q.lkd")]
+    assert all(r["bytes"] == os.path.getsize(r["output"]) for r in records)
+    for img in images:
+        img.unlink()
+    code, out, err = run(capsys, "decode", *(r["output"] for r in records), "--weights", weights, "--json")
+    assert code == 0 and [json.loads(line)["output"] for line in out.splitlines()] == [
+        str(tmp_path / "x" / "p.png"), str(tmp_path / "y" / "q.png")]
+
+
+@pytest.mark.parametrize("jobs,bad_kind", [("1", "crc"), ("2", "crc"), ("2", "truncated"), ("2", "not lkd"),
+                                           ("2", "other model")])
+def test_a_corrupt_file_in_the_middle_of_a_decode_batch(capsys, tmp_path, rng, weights, weights_files, jobs,
+                                                        bad_kind):
+    """The acceptance test of issue 15: the others written, exit status 1, one line for the bad one
+    (found reading the container, or by the worker decoding it: another model's file)."""
+    images = make_images(tmp_path / "in", rng, ["a.png", "b.png", "c.png", "d.png"])
+    lkd_dir, png_dir = tmp_path / "lkd", tmp_path / "png"
+    lkd_dir.mkdir(), png_dir.mkdir()
+    assert run(capsys, "encode", *images, "-o", lkd_dir, "--weights", weights)[0] == 0
+    bad = lkd_dir / "b.lkd"
+    data = bytearray(bad.read_bytes())
+    if bad_kind == "crc":
+        data[len(data) // 2] ^= 0x40
+    elif bad_kind == "truncated":
+        data = data[:-3]
+    elif bad_kind == "not lkd":
+        data = b"hello"
+    else:
+        other = weights_files["bmshj2018-hyperprior"]
+        assert run(capsys, "encode", images[1], "-o", bad, "-f", "--weights", other)[0] == 0
+        data = bad.read_bytes()
+    bad.write_bytes(bytes(data))
+    lkds = [lkd_dir / f"{p.stem}.lkd" for p in images]
+    code, out, err = run(capsys, "decode", *lkds, "-o", png_dir, "--weights", weights, "-j", jobs)
+    assert code == 1 and out == ""
+    assert error_lines(err) == [line for line in err.splitlines() if str(bad) in line]
+    assert len(error_lines(err)) == 1 and "Traceback" not in err and err.count("\n") == 4
+    assert sorted(p.name for p in png_dir.iterdir()) == ["a.png", "c.png", "d.png"]
+    code, out, err = run(capsys, "decode", *lkds, "-o", png_dir, "--weights", weights, "--json", "-f")
+    assert code == 1 and len(out.splitlines()) == 3 and len(error_lines(err)) == 1 and err.count("\n") == 1
+
+
+def test_warnings_in_a_batch_name_their_file(capsys, tmp_path, rng, weights):
+    a, c = make_images(tmp_path, rng, ["a.png", "c.png"])
+    grey = tmp_path / "b.png"
+    Image.fromarray(rng.integers(0, 256, (30, 20), dtype=np.uint8)).save(grey)
+    code, _, err = run(capsys, "encode", a, grey, c, "-o", tmp_path, "--weights", weights, "-j", "2")
+    assert code == 0 and err.count("\n") == 4
+    assert [line for line in err.splitlines() if ": warning: " in line] == [
+        f"lickd: {grey}: warning: converting greyscale image (mode L) to RGB"]
+    assert err.splitlines().index(f"lickd: {grey}: warning: converting greyscale image (mode L) to RGB") == 1
+
+
+@pytest.mark.parametrize("bad", ["not an image", "missing", "16-bit", "a folder"])
+def test_a_bad_image_in_the_middle_of_an_encode_batch(capsys, tmp_path, rng, weights, bad):
+    a, c = make_images(tmp_path, rng, ["a.png", "c.png"])
+    b = tmp_path / ("b.ppm" if bad == "16-bit" else "b.png")
+    if bad == "not an image":
+        b.write_text("hello")
+    elif bad == "16-bit":
+        b.write_bytes(b"P6\n5 6\n65535\n" + rng.integers(0, 65536, (6, 5, 3), dtype=np.uint16).astype(">u2").tobytes())
+    elif bad == "a folder":
+        b.mkdir()
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    code, out, err = run(capsys, "encode", a, b, c, "-o", out_dir, "--weights", weights, "-j", "2")
+    assert code == 1 and out == ""
+    assert len(error_lines(err)) == 1 and error_lines(err)[0].startswith(f"lickd: error: {b}: ")
+    assert "Traceback" not in err and err.count("\n") == 3
+    assert sorted(p.name for p in out_dir.iterdir()) == ["a.lkd", "c.lkd"]
+
+
+def test_existing_outputs_are_refused_per_file_unless_forced(capsys, tmp_path, rng, weights):
+    images = make_images(tmp_path, rng, ["a.png", "b.png", "c.png"])
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "b.lkd").write_bytes(b"keep me")
+    code, _, err = run(capsys, "encode", *images, "-o", out_dir, "--weights", weights, "--quiet")
+    assert code == 1 and error_lines(err) == [f"lickd: error: {out_dir / 'b.lkd'}: exists (use -f to overwrite)"]
+    assert err.count("\n") == 1  # --quiet: the error only
+    assert (out_dir / "b.lkd").read_bytes() == b"keep me" and (out_dir / "a.lkd").is_file()
+    assert run(capsys, "encode", *images, "-o", out_dir, "--weights", weights, "-f", "--quiet") == (0, "", "")
+    assert (out_dir / "b.lkd").read_bytes()[:4] == b"\x8bLKD"
+
+
+@pytest.mark.parametrize("case", ["same stem", "same file twice", "output is a file", "output is missing",
+                                  "ref with several inputs"])
+def test_many_file_usage_errors_come_before_any_work(capsys, tmp_path, rng, weights, case):
+    (x,) = make_images(tmp_path / "x", rng, ["photo.png"])
+    (y,) = make_images(tmp_path / "y", rng, ["photo.png"])
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    command, inputs, output, named = "encode", [x, y], out_dir, "photo.lkd"
+    if case == "same file twice":
+        inputs, output = [x, tmp_path / "x" / ".." / "x" / "photo.png"], None
+    elif case == "output is a file":
+        output = tmp_path / "out.lkd"
+        output.write_bytes(b"keep me")
+        inputs, named = [x, tmp_path / "other.png"], "is not a folder"
+    elif case == "output is missing":
+        output, named = tmp_path / "nowhere", "is not a folder"
+    elif case == "ref with several inputs":
+        command, inputs, named = "decode", [tmp_path / "a.lkd", tmp_path / "b.lkd"], "--ref"
+    extra = ["--ref", x] if command == "decode" else []
+    code, out, err = run(capsys, command, *inputs, *(["-o", output] if output else []), "--weights", weights, *extra)
+    assert code == 2 and out == "" and err.count("\n") == 1 and named in err, err
+    assert not list(out_dir.iterdir()) and not list((tmp_path / "x").glob("*.lkd"))
+    if case == "output is a file":
+        assert output.read_bytes() == b"keep me"
+
+
+def test_one_input_into_a_folder_is_named_from_the_input(capsys, tmp_path, image_file, weights):
+    """So that ``lickd encode *.png -o out/`` works when the pattern matches one file."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    assert run(capsys, "encode", image_file, "-o", out_dir, "--weights", weights)[0] == 0
+    assert run(capsys, "decode", out_dir / "in.lkd", "-o", out_dir, "--weights", weights)[0] == 0
+    assert sorted(p.name for p in out_dir.iterdir()) == ["in.lkd", "in.png"]
+
+
+def test_decoding_many_files_loads_each_model_once(capsys, tmp_path, rng, weights_files, monkeypatch):
+    """Files of two models (and one of a model that is not registered) in one run, the codecs
+    from the registry named by each header: each model loaded once, a line for the orphan."""
+    from lickd import zoo
+    from lickd.cli import coding
+
+    folder = tmp_path / "zoo"
+    (folder / "weights").mkdir(parents=True)
+    entries = []
+    for arch in ("mbt2018-mean", "bmshj2018-hyperprior"):
+        src = weights_files[arch]
+        shutil.copy(src, folder / "weights" / src.name)
+        _, info = zoo.load_weights(src)
+        entries.append({"name": info.name, "architecture": arch, "N": info.N, "M": info.M, "quality": 3,
+                        "sha256": zoo.file_sha256(src), "file": src.name})
+    (folder / "registry.json").write_text(json.dumps({"models": entries}))
+    images = make_images(tmp_path / "in", rng, ["a.png", "b.png", "c.png", "d.png", "e.png"])
+    lkd_dir = tmp_path / "lkd"
+    lkd_dir.mkdir()
+    for img, arch in zip(images, ["mbt2018-mean", "bmshj2018-hyperprior", "mbt2018-mean", "bmshj2018-factorized",
+                                  "bmshj2018-hyperprior"]):
+        assert run(capsys, "encode", img, "-o", lkd_dir / f"{img.stem}.lkd", "--weights", weights_files[arch])[0] == 0
+    monkeypatch.setattr(zoo, "ZOO_DIR", folder)
+    monkeypatch.setattr(zoo, "REGISTRY_PATH", folder / "registry.json")
+    loads = []
+    real_load_codec = coding.load_codec
+    monkeypatch.setattr(coding, "load_codec", lambda *a, **k: loads.append(k.get("model")) or real_load_codec(*a, **k))
+    png_dir = tmp_path / "png"
+    png_dir.mkdir()
+    code, out, err = run(capsys, "decode", *sorted(lkd_dir.iterdir()), "-o", png_dir, "-j", "2", "--json")
+    assert code == 1 and len(out.splitlines()) == 4
+    assert error_lines(err) == [line for line in err.splitlines() if "d.lkd" in line and "not found" in line]
+    assert len(error_lines(err)) == 1 and err.count("\n") == 1
+    assert len(loads) == 2 and len(set(loads)) == 2
+    assert sorted(p.name for p in png_dir.iterdir()) == ["a.png", "b.png", "c.png", "e.png"]
+    models = {json.loads(line)["input"]: json.loads(line)["model"] for line in out.splitlines()}
+    assert models[str(lkd_dir / "a.lkd")] == models[str(lkd_dir / "c.lkd")] != models[str(lkd_dir / "b.lkd")]
+
+
+def test_workers_fit_the_cores():
+    import torch
+
+    from lickd.cli.batch import workers_for
+    cpu, gpu, cores = torch.device("cpu"), torch.device("cuda"), torch.get_num_threads()
+    assert workers_for(None, 100, cpu) == (cores, 1)
+    assert workers_for(None, 1, cpu) == (1, cores)
+    assert workers_for(None, 100, gpu) == (1, cores)
+    assert workers_for(3, 2, cpu) == (2, max(1, cores // 2))
+
+
+@pytest.mark.parametrize("tty,flags,shown", [(True, [], True), (True, ["--quiet"], False), (True, ["--json"], False),
+                                             (False, [], False)], ids=["terminal", "quiet", "json", "not a terminal"])
+def test_the_progress_bar_only_on_a_terminal_and_never_quiet_or_json(monkeypatch, tty, flags, shown):
+    import io
+
+    from lickd.cli import batch, build_parser
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return tty
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    args = build_parser().parse_args(["decode", "a.lkd", "b.lkd", *flags])
+    with batch.Batch(args, 2) as run_:
+        assert run_.bar.disable is not shown

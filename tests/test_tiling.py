@@ -95,6 +95,7 @@ def test_other_layers_are_refused(models):
     with pytest.raises(TypeError, match="Upsample"):
         tiling.footprints(nn.Sequential(model.g_s[0], nn.Upsample(scale_factor=2)))
     assert tiling.can_tile(model.g_a) and not tiling.can_tile(nn.Sequential(nn.AdaptiveAvgPool2d(1)))
+    assert not tiling.can_tile(nn.Conv2d(3, 3, 3, padding=1, padding_mode="circular"))
 
 
 # ---------------------------------------------------------------------------- the transforms
@@ -111,13 +112,13 @@ def test_tiled_transforms_equal_the_whole_pass(models, arch, rng):
             y = model.analysis(x, quality)
             y_hat = torch.round(y)
             x_hat = model.synthesis(y_hat, quality)
-            for tile in (16, 32, 48):  # one latent, tile edges on and off the image edges
-                for batch in (1, 3):
-                    y_t = tiling.analysis(model, x, quality, tile, batch=batch)
-                    torch.testing.assert_close(y_t, y, rtol=0, atol=ATOL)
-                    assert torch.equal(torch.round(y_t), y_hat), (h, w, tile)
-                    x_t = tiling.synthesis(model, y_hat, quality, tile, batch=batch)
-                    torch.testing.assert_close(x_t, x_hat, rtol=0, atol=ATOL)
+            # one latent a tile (batched), tile edges on and off the image edges
+            for tile, batch in ((16, 3), (32, 1), (48, 1)):
+                y_t = tiling.analysis(model, x, quality, tile, batch=batch)
+                torch.testing.assert_close(y_t, y, rtol=0, atol=ATOL)
+                assert torch.equal(torch.round(y_t), y_hat), (h, w, tile)
+                x_t = tiling.synthesis(model, y_hat, quality, tile, batch=batch)
+                torch.testing.assert_close(x_t, x_hat, rtol=0, atol=ATOL)
 
 
 @pytest.mark.parametrize("arch", ["mbt2018-mean", "bmshj2018-hyperprior"])
@@ -221,12 +222,12 @@ def test_memory_benchmark_writes_its_json(tmp_path):
 
     out = tmp_path / "memory.json"
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_codec.py"
-    r = subprocess.run([sys.executable, str(script), "--memory", "--sizes", "0.01,0.02", "--N", "12", "--M", "20",
+    r = subprocess.run([sys.executable, str(script), "--memory", "--sizes", "0.02", "--N", "12", "--M", "20",
                         "--tile", "32", "--device", "cpu", "--json", str(out)],
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     doc = json.loads(out.read_text())
-    assert [round(row["encode"]["megapixels"], 2) for row in doc["rows"]] == [0.01, 0.02]
+    assert [round(row["encode"]["megapixels"], 2) for row in doc["rows"]] == [0.02]
     for row in doc["rows"]:
         for stage in ("encode", "decode"):
             assert row[stage]["peak_rss_mb"] >= row[stage]["idle_rss_mb"] > 0 and row[stage]["mp_per_s"] > 0

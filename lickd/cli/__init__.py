@@ -1,7 +1,7 @@
 """The ``lickd`` command line (cwebp/avifenc conventions).
 
-    lickd encode IN [-o OUT] [-q Q | --model NAME | --weights FILE] [--device auto|cpu|cuda] [-f] [--json] [--quiet] [--psnr]
-    lickd decode IN [-o OUT] [--weights FILE] [--device ...] [-f] [--json] [--quiet] [--ref IMAGE]
+    lickd encode IN... [-o OUT|DIR] [-q Q | --model NAME | --weights FILE] [--device auto|cpu|cuda] [-j N] [-f] [--json] [--quiet] [--psnr]
+    lickd decode IN... [-o OUT|DIR] [--weights FILE] [--device ...] [-j N] [-f] [--json] [--quiet] [--ref IMAGE]
     lickd info FILE [--json] [--quiet]
     lickd models [--json]
     lickd convert CKPT.pth.tar -o OUT.safetensors [-q Q] [--name NAME] [--half]
@@ -13,10 +13,12 @@
     lickd export RUN_DIR -o OUT.safetensors [--half]
 
 Statistics go to stderr (one line), ``--json`` prints one JSON object to stdout with
-CompressAI's key names. Outputs are written atomically, with the umask's permissions, and never
-overwritten without ``-f``. Exit status: 0 on success (also when the reader of stdout goes away,
-as in ``lickd info F | head -1``), 1 on an error (one line naming the file and the problem), 2 on
-a usage error.
+CompressAI's key names. Several inputs (``lickd encode *.png -o DIR``) give one line, or one JSON
+line, per file; a bad one is an error line, the others are still written (lickd.cli.batch).
+Outputs are written atomically, with the umask's permissions, and never overwritten without
+``-f``. Exit status: 0 on success (also when the reader of stdout goes away, as in
+``lickd info F | head -1``), 1 on an error (one line naming the file and the problem), 2 on a
+usage error.
 
 The package sits above the rest of lickd and nothing below imports it: ``parser`` holds every
 command's flags, ``coding``, ``models``, ``evaluation`` and ``training`` the commands, which call
@@ -39,7 +41,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from ..errors import LickdError
 
     try:
-        args.func(args)
+        status = args.func(args)  # None, or the status of a many-file run (1: some files were bad)
         sys.stdout.flush()  # a reader that went away shows here, not at exit
     except BrokenPipeError:
         _discard_stdout()
@@ -60,7 +62,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"lickd: error: {getattr(args, 'input', '')}: internal error "
               f"({type(e).__name__}: {e}); set LICKD_DEBUG=1 for the traceback", file=sys.stderr)
         return EXIT_ERROR
-    return 0
+    return status or 0
 
 
 def _discard_stdout() -> None:

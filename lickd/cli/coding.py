@@ -8,7 +8,9 @@ import time
 import warnings
 from pathlib import Path
 
-from .common import CliError, UsageError, check_output, emit, load_codec, load_image, read_input, write_output
+from . import batch
+from .common import (EXIT_ERROR, CliError, UsageError, check_output, emit, load_codec, load_image, read_input,
+                     write_output)
 
 
 def _image_format(path: Path):
@@ -42,8 +44,9 @@ def _parse(src: Path, data: bytes):
         raise CliError(src, str(e)) from None
 
 
-def _codec_for_file(f, args):
-    """The codec named by a file's header: --weights if given, else the registry."""
+def _codec_for_file(f, args, src):
+    """The codec named by a file's header: --weights if given, else the registry (an error names
+    ``src``)."""
     from .. import zoo
     from ..errors import ModelNotFoundError
 
@@ -52,72 +55,100 @@ def _codec_for_file(f, args):
     try:
         entry = zoo.find(name=f.model, weights_hash=f.weights)
     except ModelNotFoundError:
-        raise CliError(args.input, f"model '{f.model}@{f.weights}' not found; "
-                                   "run 'lickd models' or pass --weights FILE") from None
+        raise CliError(src, f"model '{f.model}@{f.weights}' not found; "
+                            "run 'lickd models' or pass --weights FILE") from None
     return load_codec(args.device, model=f"{entry.name}@{entry.sha256}")
 
 
-def cmd_encode(args) -> None:
+def _timed(codec, fn, *args):
+    """``fn(*args)`` and the seconds it took, the device's queued work included."""
     from ..device import synchronize
-    from ..eval.metrics import psnr_rgb
-    from ..image import rgb_array
 
+    t0 = time.perf_counter()
+    result = fn(*args)
+    synchronize(codec.device)
+    return result, time.perf_counter() - t0
+
+
+def cmd_encode(args):
     if args.model and args.weights:
         raise UsageError(None, "--model and --weights each choose the model: give one of them")
+    if args.input is None:
+        return _encode_many(args)
     src = Path(args.input)
-    out = Path(args.output) if args.output else src.with_suffix(".lkd")
+    out = batch.output_for(src, args.output, ".lkd")
     if _image_format(out):
         raise UsageError(out, f"encode writes a .lkd file, not {_image_format(out)}: name the output .lkd")
     check_output(out, args.force)
     image = load_image(src)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        codec = load_codec(args.device, args.weights, args.model, args.quality)
-        t0 = time.perf_counter()
-        data = codec.compress(image)
-        synchronize(codec.device)
-        enc_time = time.perf_counter() - t0
-    for w in caught:
-        if not args.quiet:
-            print(f"lickd: {src}: warning: {w.message}", file=sys.stderr)
+        try:
+            codec = load_codec(args.device, args.weights, args.model, args.quality)
+            line, record = _encode_one(codec, image, src, out, args)
+        finally:
+            for w in caught:
+                if not args.quiet:
+                    print(f"lickd: {src}: warning: {w.message}", file=sys.stderr)
+    emit(args, line, record)
+
+
+def _encode_one(codec, image, src: Path, out: Path, args) -> tuple[str, dict]:
+    """Compresses ``image`` (read from ``src``) into ``out``: the summary line and the record."""
+    from ..eval.metrics import psnr_rgb
+    from ..image import rgb_array
+
+    data, enc_time = _timed(codec, codec.compress, image)
     width, height = image.size
     bpp = 8 * len(data) / (width * height)
     record = {"input": str(src), "output": str(out), "width": width, "height": height, "bytes": len(data),
               "bpp": bpp, "model": codec.name, "device": codec.device.type, "encoding_time": enc_time}
     extra = ""
     if args.psnr:
-        t0 = time.perf_counter()
-        decoded = codec.decompress(data, output="numpy")
-        synchronize(codec.device)
-        record["decoding_time"] = time.perf_counter() - t0
+        decoded, record["decoding_time"] = _timed(codec, codec.decompress, data, "numpy")
         record["psnr-rgb"] = psnr_rgb(rgb_array(image), decoded)
         extra = f", PSNR {record['psnr-rgb']:.2f} dB"
     write_output(out, data, args.force)
-    emit(args, f"{src} {width}x{height} -> {out}: {len(data):,} bytes ({bpp:.4f} bpp) "
-               f"[{codec.name}] enc {enc_time * 1e3:.0f} ms ({codec.device.type}){extra}", record)
+    return (f"{src} {width}x{height} -> {out}: {len(data):,} bytes ({bpp:.4f} bpp) "
+            f"[{codec.name}] enc {enc_time * 1e3:.0f} ms ({codec.device.type}){extra}", record)
 
 
-def cmd_decode(args) -> None:
-    from ..device import synchronize
-    from ..errors import CorruptFileError
-    from ..eval.metrics import psnr_rgb
-    from ..image import rgb_array
+def _encode_many(args) -> int:
+    """Several images: the codec loaded once, the files spread over the cores (lickd.cli.batch)."""
+    jobs = batch.jobs_for(args.inputs, args.output, ".lkd")
+    with batch.Batch(args, len(jobs)) as run:
+        todo = run.writable(jobs, args.force)
+        if todo:
+            codec = load_codec(args.device, args.weights, args.model, args.quality)
+            run.run(codec, todo, lambda codec, job: _encode_one(codec, load_image(job.src), job.src, job.out, args))
+    return EXIT_ERROR if run.failures else 0
 
+
+def cmd_decode(args):
+    if args.input is None:
+        return _decode_many(args)
     src = Path(args.input)
-    out = Path(args.output) if args.output else src.with_suffix(".png")
+    out = batch.output_for(src, args.output, ".png")
     if out.suffix.lower() == ".lkd":
         raise UsageError(out, "decode writes an image, not a .lkd file: name the output .png, .ppm, .bmp, .tif...")
     check_output(out, args.force)
     data = read_input(src)
     f = _parse(src, data)
-    codec = _codec_for_file(f, args)
-    t0 = time.perf_counter()
+    codec = _codec_for_file(f, args, args.input)
+    emit(args, *_decode_one(codec, data, f, src, out, args))
+
+
+def _decode_one(codec, data: bytes, f, src: Path, out: Path, args) -> tuple[str, dict]:
+    """Decompresses the file ``src`` (``data``, its parsed container ``f``) into the image ``out``:
+    the summary line and the record."""
+    from ..errors import CorruptFileError
+    from ..eval.metrics import psnr_rgb
+    from ..image import rgb_array
+
     try:
-        image = codec.decompress(data, output="pil")
+        image, dec_time = _timed(codec, codec.decompress, data, "pil")
     except CorruptFileError as e:  # past the container: the coded streams
         raise CliError(src, f"corrupt: {e}") from None
-    synchronize(codec.device)
-    dec_time = time.perf_counter() - t0
     record = {"input": str(src), "output": str(out), "width": f.width, "height": f.height, "bytes": len(data),
               "bpp": 8 * len(data) / (f.width * f.height), "model": codec.name, "device": codec.device.type,
               "decoding_time": dec_time}
@@ -130,8 +161,40 @@ def cmd_decode(args) -> None:
         record["psnr-rgb"] = psnr_rgb(reference, decoded)
         extra = f", PSNR {record['psnr-rgb']:.2f} dB"
     write_output(out, _encode_image(image, out), args.force)
-    emit(args, f"{src}: {f.width}x{f.height} {codec.name} -> {out}, dec {dec_time * 1e3:.0f} ms "
-               f"({codec.device.type}){extra}", record)
+    return (f"{src}: {f.width}x{f.height} {codec.name} -> {out}, dec {dec_time * 1e3:.0f} ms "
+            f"({codec.device.type}){extra}", record)
+
+
+def _decode_many(args) -> int:
+    """Several .lkd files: grouped by the model their headers name (each loaded once; --weights:
+    one for all), each group's files spread over the cores (lickd.cli.batch)."""
+    if args.ref:
+        raise UsageError(None, "--ref names the reference of one input: decode one file with it")
+    jobs = batch.jobs_for(args.inputs, args.output, ".png")
+    with batch.Batch(args, len(jobs)) as run:
+        groups: dict = {}
+        for job in run.writable(jobs, args.force):
+            try:
+                job.data = read_input(job.src)
+                job.header = _parse(job.src, job.data)
+            except CliError as e:
+                run.fail(e)
+                continue
+            key = None if args.weights else (job.header.model, job.header.weights)
+            groups.setdefault(key, []).append(job)
+        for key, members in groups.items():
+            try:
+                codec = _codec_for_file(members[0].header, args, None)
+            except CliError as e:
+                if key is None:  # --weights: no file can be decoded
+                    raise
+                for job in members:  # the registry has no such model: each of its files is one line
+                    run.fail(CliError(job.src, str(e)))
+                continue
+            run.run(codec, members, lambda codec, job: _decode_one(codec, job.data, job.header, job.src, job.out,
+                                                                  args))
+            del codec
+    return EXIT_ERROR if run.failures else 0
 
 
 def cmd_info(args) -> None:

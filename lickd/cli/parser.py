@@ -23,16 +23,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _coding(sub) -> None:
     def common(sp, output_help):
-        sp.add_argument("input", help="input file")
-        sp.add_argument("-o", "--output", help=output_help)
+        sp.add_argument("input", nargs="+", action=_Inputs, help="input file(s)")
+        sp.add_argument("-o", "--output", help=output_help + "; with several inputs, an existing folder "
+                                                             "(default: each output beside its input)")
         sp.add_argument("--weights", help="lickd weights file (.safetensors)")
         sp.add_argument("--device", default="auto", choices=DEVICES, help="default: auto")
         sp.add_argument("-f", "--force", action="store_true", help="overwrite the output")
-        sp.add_argument("--json", action="store_true", help="print one JSON object to stdout")
+        sp.add_argument("-j", "--jobs", type=_positive, metavar="N",
+                        help="several inputs: files coded at once (default: one per core, each with a "
+                             "share of torch's threads)")
+        sp.add_argument("--json", action="store_true", help="print one JSON object to stdout (one line per "
+                                                            "file with several inputs)")
         sp.add_argument("--quiet", action="store_true", help="print nothing on success")
 
     e = sub.add_parser("encode", help="compress an image to .lkd")
-    common(e, "output .lkd (default: input with .lkd suffix)")
+    common(e, "output .lkd, or a folder (default: input with .lkd suffix)")
     e.add_argument("-q", "--quality", type=_quality, metavar="Q",
                    help="1..8 (fractions too, e.g. 3.5), CompressAI's lambda scale; higher is better "
                         "(default: the model's own, 3 for the shipped default)")
@@ -41,8 +46,8 @@ def _coding(sub) -> None:
     e.set_defaults(func=coding.cmd_encode)
 
     d = sub.add_parser("decode", help="decompress a .lkd file to an image")
-    common(d, "output image, format from the suffix (default: input with .png suffix)")
-    d.add_argument("--ref", help="reference image: report PSNR against it")
+    common(d, "output image, format from the suffix, or a folder (default: input with .png suffix)")
+    d.add_argument("--ref", help="reference image: report PSNR against it (one input only)")
     d.set_defaults(func=coding.cmd_decode)
 
     i = sub.add_parser("info", help="show the header of a .lkd file")
@@ -114,6 +119,25 @@ def _evaluation(sub) -> None:
     n.add_argument("--repeats", type=int, default=10)
     n.add_argument("--json", help="also write the numbers to this JSON file")
     n.set_defaults(func=evaluation.cmd_bench)
+
+
+class _Inputs(argparse.Action):
+    """``inputs``: every input; ``input``: the input when there is one, None with several (the
+    commands take the one-file path, unchanged, or the many-file one)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.inputs = list(values)
+        setattr(namespace, self.dest, values[0] if len(values) == 1 else None)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
 
 
 def _quality(text: str) -> float:

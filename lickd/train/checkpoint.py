@@ -68,9 +68,10 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict, groups: list, pref
 
 
 #: fields a continued run may change: how long it runs, where its files are, how often it logs,
-#: what its checkpoints keep and where it runs (``amp = "auto"`` then decides for the new machine)
+#: what its checkpoints keep, where it runs (``amp = "auto"`` then decides for the new machine) and
+#: its learning-rate schedule from here on (the log records the lr of every logged step)
 RESUMABLE_CHANGES = {"steps", "data", "val_data", "val_images", "run_dir", "device", "log_every", "val_every",
-                     "ckpt_every", "tensorboard", "name", "optimizer_state"}
+                     "ckpt_every", "tensorboard", "name", "optimizer_state", "lr", "lr_milestones", "lr_gamma"}
 
 
 def config_changes(saved: dict, cfg: TrainConfig) -> list[str]:

@@ -47,10 +47,14 @@ class Trainer:
 
         # Model, identical on every rank (DDP also broadcasts rank 0's at wrap time).
         torch.manual_seed(cfg.seed)
-        if cfg.init:
+        if cfg.init and not resume:
             self.model, _ = zoo.load_weights(cfg.init, device=self.device)
-        else:
+        else:  # a resumed run takes its weights from its checkpoint: the init file need not exist any more
             self.model = build_model(cfg.architecture, cfg.N, cfg.M).to(self.device)
+        got = (self.model.architecture, self.model.N, self.model.M)
+        if got != (cfg.architecture, cfg.N, cfg.M):  # the config must say what the run trains
+            raise ValueError(f"init {cfg.init} is {got[0]} N={got[1]} M={got[2]}; the configuration says "
+                             f"{cfg.architecture} N={cfg.N} M={cfg.M}")
         self.model.train()
         self.variable_rate = self.model.variable_rate
         self.teacher = self._load_teacher(cfg.kd.teacher) if cfg.distilling else None
