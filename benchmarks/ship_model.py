@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import statistics
 import sys
 import tempfile
@@ -72,6 +71,7 @@ def main(argv=None) -> int:
     from lickd.eval.codecs import LickdCodec
     from lickd.eval.metrics import psnr_rgb
     from lickd.eval.runner import evaluate
+    from lickd.fileio import atomic_write
     from lickd.image import list_images, load_rgb
     from lickd.provenance import cpu_name
     from lickd.train import export_run
@@ -93,7 +93,8 @@ def main(argv=None) -> int:
         images, args.dry_run = images[: args.limit], True
     elif len(images) != 24:
         raise SystemExit(f"{args.kodak}: expected the 24 Kodak images, found {len(images)}")
-    tmp = Path(tempfile.mkdtemp())
+    scratch = tempfile.TemporaryDirectory()
+    tmp = Path(scratch.name)
     half = export_run(args.run_dir, tmp / "half.safetensors", half=True, name=args.name)
     full = export_run(args.run_dir, tmp / "full.safetensors", half=False, name=args.name)
     codec = StudentCodec.from_file(half.path, device="cpu")
@@ -138,9 +139,9 @@ def main(argv=None) -> int:
     params = parameter_counts(codec.model)
 
     out_json = RESULTS / f"lickd-{args.name}.json"
-    out_json.write_text(json.dumps(doc, indent=2) + "\n")
+    atomic_write(out_json, (json.dumps(doc, indent=2) + "\n").encode())
     target = ROOT / "lickd" / "zoo" / "weights" / f"{args.name}.safetensors"
-    shutil.copyfile(half.path, target)
+    atomic_write(target, half.path.read_bytes())
     registry_path = ROOT / "lickd" / "zoo" / "registry.json"
     registry = json.loads(registry_path.read_text())
     entries = [e for e in registry["models"] if e["name"] != args.name]
@@ -166,7 +167,7 @@ def main(argv=None) -> int:
         },
     }
     registry["models"] = entries + [entry]
-    registry_path.write_text(json.dumps(registry, indent=2) + "\n")
+    atomic_write(registry_path, (json.dumps(registry, indent=2) + "\n").encode())  # last: names a file already there
     print(f"shipped {target.relative_to(ROOT)} ({target.stat().st_size / 1e6:.1f} MB, sha256 {entry['sha256'][:16]}), "
           f"results {out_json.relative_to(ROOT)}", file=sys.stderr)
     return 0

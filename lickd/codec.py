@@ -8,8 +8,9 @@
 Data flow: image -> pad -> g_a -> quantise -> entropy model -> rANS -> container, and back.
 Any H x W is accepted: the image is padded to the model's downsampling factor by replicating
 its border, and the decoder crops back to the original size stored in the header. Large images
-go through g_a and g_s in overlapping tiles (lickd.tiling): the same latents and file, pixels to
-float rounding, in bounded memory.
+go through g_a and g_s in overlapping tiles (lickd.tiling), in bounded memory: the latents and
+the file of the whole-image pass (on this machine; another CPU's convolutions may round a latent
+at a tie the other way), the pixels to float rounding.
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ class StudentCodec:
         if tile is not None and int(tile) < 0:
             raise ValueError(f"tile must be None, 0 or a number of pixels, got {tile}")
         #: g_a and g_s tiles, in pixels a side: None picks (tiles of DEFAULT_TILE above
-        #: TILE_THRESHOLD pixels), 0 never tiles; files do not depend on it
+        #: TILE_THRESHOLD pixels), 0 never tiles; on one machine the file does not depend on it
         self.tile = tile
         self.model = model.to(self.device).eval()
         self.model.entropy_parameters = "exact"  # files decode on any device (lickd.entropy.exact)

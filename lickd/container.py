@@ -29,12 +29,14 @@ from .errors import CorruptFileError
 
 MAGIC = b"\x8bLKD"
 FORMAT_VERSION = 1
-#: The largest image a file may declare: 200 MP (a 100 MP photo codes in ~3.3 GB with tiles;
-#: the decoder's memory stays bounded by this and the file size).
-MAX_PIXELS = 200_000_000
+#: The largest image a file may declare: 120 MP, so that a 100 MP photo codes. A few bytes can
+#: declare it, and decoding needs memory for the declared pixels (~45 bytes each with tiles:
+#: 4.4 GB measured for 100 MP), so this is the decoder's memory bound.
+MAX_PIXELS = 120_000_000
 MAX_SIDE = 65_535
+MAX_QUALITY = 1000
 MAX_SECTIONS = 16
-#: A bound on what a header may declare (an image of MAX_PIXELS pixels is 600 MB as raw RGB); a
+#: A bound on what a header may declare (an image of MAX_PIXELS pixels is 360 MB as raw RGB); a
 #: section length within it but past the end of the data is a truncated file.
 MAX_FILE_BYTES = 1 << 32
 
@@ -111,8 +113,11 @@ class LkdFile:
         put("N", _varint(self.N))
         put("M", _varint(self.M))
         if self.quality is not None:
-            if float(self.quality).is_integer():
-                put("quality", _varint(int(self.quality)))
+            quality = _F32.unpack(_F32.pack(float(self.quality)))[0]  # what a reader will see
+            if not 0 <= quality <= MAX_QUALITY:
+                raise ValueError(f"quality must be in 0..{MAX_QUALITY}, got {self.quality}")
+            if quality.is_integer():
+                put("quality", _varint(int(quality)))
             else:
                 out.append(_FRACTIONAL_QUALITY)
                 out.extend(_varint(_F32.size))
@@ -216,8 +221,10 @@ def _check_range(name: str, value: int, low: int, high: int) -> int:
 
 
 def _check_quality(value):
-    if not 0 <= value <= 1000:
+    if not 0 <= value <= MAX_QUALITY:
         raise CorruptFileError(f"header field 'quality' out of range ({value})")
+    if isinstance(value, float) and value.is_integer():  # one form: a whole quality is tag 6
+        raise CorruptFileError("header field 'quality' holds a whole number in its fractional form")
     return value
 
 

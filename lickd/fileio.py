@@ -10,17 +10,36 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable
 
 __all__ = ["atomic_save", "atomic_write", "default_mode"]
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    """The process's umask. Linux reports it in /proc/self/status; elsewhere reading it means
+    setting it, which is done under a lock so that threads writing files at once (a many-file
+    encode) cannot leave it at 0."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0)
+        os.umask(mask)
+    return mask
+
+
 def default_mode() -> int:
     """The mode ``open(path, "w")`` would give a new file: 0o666 less the process's umask."""
-    mask = os.umask(0)  # reading the umask means setting it; put it back at once
-    os.umask(mask)
-    return 0o666 & ~mask
+    return 0o666 & ~_umask()
 
 
 def atomic_save(path: os.PathLike, write: Callable[[str], None], force: bool = True) -> None:

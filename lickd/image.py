@@ -69,10 +69,15 @@ def read_image(path: os.PathLike) -> Image.Image:
     """The image in a file, decoded into memory. A file that is not an image, cannot be decoded
     or stores 16 bits per channel is an ImageFormatError; a missing or unreadable file is the
     OSError ``open`` raises."""
+    from .container import MAX_PIXELS
+
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's bomb check, at the largest image a .lkd file may hold
     try:
         img = Image.open(path)
     except UnidentifiedImageError as e:
         raise ImageFormatError(f"cannot read image ({e})") from None
+    except Image.DecompressionBombError:
+        raise ImageFormatError(f"image exceeds the limit of {MAX_PIXELS:,} pixels") from None
     with img:
         _check_bit_depth(img)
         try:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lickd import zoo
 from lickd.cli import main
 
 
@@ -115,12 +116,29 @@ def test_errors_are_one_line_with_the_file_and_nonzero_exit(capsys, tmp_path, im
     assert not (tmp_path / "x.png").exists()
 
 
-def test_models_lists_registry_or_says_it_is_empty(capsys):
+def test_models_lists_registry_or_says_it_is_empty(capsys, monkeypatch, tmp_path, weights_files):
+    monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path)
+    monkeypatch.setattr(zoo, "REGISTRY_PATH", tmp_path / "registry.json")
+    (tmp_path / "registry.json").write_text(json.dumps({"models": []}))
     code, out, err = run(capsys, "models")
-    assert code == 0
-    assert "registry is empty" in err or out.strip()
+    assert code == 0 and out == "" and "registry is empty" in err
     code, out, _ = run(capsys, "models", "--json")
-    assert isinstance(json.loads(out), list)
+    assert json.loads(out) == []
+    (tmp_path / "weights").mkdir()
+    src = weights_files["mbt2018-mean"]
+    shutil.copyfile(src, tmp_path / "weights" / "m.safetensors")
+    entry = {"name": "student-x", "file": "m.safetensors", "sha256": zoo.file_sha256(src),
+             "architecture": "mbt2018-mean", "N": 12, "M": 20, "quality": 3, "lambda": 0.0067, "default": True,
+             "measured": {"kodak": {"quality": [3], "bpp": [0.4123], "psnr-rgb": [30.5]}, "parameters": 123456,
+                          "cpu": {"name": "some CPU", "threads": 2, "quality": 3, "encode_ms": 50.0, "decode_ms": 60.0}}}
+    (tmp_path / "registry.json").write_text(json.dumps({"models": [entry]}))
+    code, out, err = run(capsys, "models")
+    assert code == 0 and err == ""
+    assert f"student-x@{entry['sha256'][:16]}  (default)" in out
+    assert "q3 0.412 bpp 30.50 dB" in out and "encode 50.0 ms, decode 60.0 ms" in out and "0.12 M parameters" in out
+    code, out, _ = run(capsys, "models", "--json")
+    listed = json.loads(out)
+    assert [e["name"] for e in listed] == ["student-x"] and listed[0]["measured"]["kodak"]["bpp"] == [0.4123]
 
 
 def test_usage_errors_exit_2(capsys):

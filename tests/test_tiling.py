@@ -98,6 +98,15 @@ def test_other_layers_are_refused(models):
     assert not tiling.can_tile(nn.Conv2d(3, 3, 3, padding=1, padding_mode="circular"))
 
 
+def assert_same_rounding(y_tiled, y_whole, where):
+    """The quantised latents agree: on this CPU the tiled g_a is bit-identical, so all of them; on
+    another, whose convolution may sum a tile in another order, a latent may only round the other
+    way where it sits within ATOL of a tie."""
+    flips = torch.round(y_tiled) != torch.round(y_whole)
+    frac = (y_whole - torch.floor(y_whole) - 0.5).abs()
+    assert bool((frac[flips] < ATOL).all()), where
+
+
 # ---------------------------------------------------------------------------- the transforms
 SIZES = [(97, 131), (64, 64), (63, 65), (1, 150), (150, 1), (129, 47)]
 
@@ -116,7 +125,7 @@ def test_tiled_transforms_equal_the_whole_pass(models, arch, rng):
             for tile, batch in ((16, 3), (32, 1), (48, 1)):
                 y_t = tiling.analysis(model, x, quality, tile, batch=batch)
                 torch.testing.assert_close(y_t, y, rtol=0, atol=ATOL)
-                assert torch.equal(torch.round(y_t), y_hat), (h, w, tile)
+                assert_same_rounding(y_t, y, (h, w, tile))
                 x_t = tiling.synthesis(model, y_hat, quality, tile, batch=batch)
                 torch.testing.assert_close(x_t, x_hat, rtol=0, atol=ATOL)
 
@@ -165,7 +174,11 @@ def test_codec_files_do_not_depend_on_tiles(models, arch, rng):
     whole, tiled = codec_for(model, 0), codec_for(model, 32)
     images = [image(rng, h, w) for h, w in [(97, 131), (1, 150), (150, 1), (100, 120)]]
     datas = whole.compress_batch(images)  # 97x131 and 100x120 share a padded size (and a batch)
-    assert tiled.compress_batch(images) == datas
+    for a, b in zip(tiled.compress_batch(images), datas):
+        if a != b:  # only where another CPU's convolution rounds a latent at a tie the other way
+            la, lb = whole.decode_latents(a)[1], whole.decode_latents(b)[1]
+            for name in la:
+                assert (la[name] != lb[name]).float().mean() <= 1e-3, name
     for data, img in zip(datas, images):
         f, latents = whole.decode_latents(data)
         assert (f.height, f.width) == img.shape[:2]

@@ -41,7 +41,11 @@ def output_for(src: Path, output: Optional[str], suffix: str) -> Path:
     if output is None:
         return src.with_suffix(suffix)
     out = Path(output)
-    return out / Path(src.name).with_suffix(suffix) if out.is_dir() else out
+    if out.is_dir():
+        return out / Path(src.name).with_suffix(suffix)
+    if output.endswith(("/", os.sep)):  # meant as a folder: Path() would drop the slash and write a file
+        raise UsageError(output, "no such folder")
+    return out
 
 
 def output_paths(inputs: list[str], output: Optional[str], suffix: str) -> list[Path]:

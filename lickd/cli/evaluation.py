@@ -6,7 +6,7 @@ import math
 import sys
 from pathlib import Path
 
-from .common import CliError, load_codec, load_image
+from .common import CliError, UsageError, load_codec, load_image
 
 
 def _parse_qualities(text: str, kind=int) -> list:
@@ -31,19 +31,31 @@ def _lickd_points(args, fused) -> list:
     """The points of a lickd ``eval``: each --weights or --model (a variable-rate model at every
     -q, by default 1..8; a fixed-rate one at its own quality), else the shipped models for -q,
     else every shipped model."""
+    from .. import zoo
     from ..eval.codecs import LickdCodec
     from ..models import MSE_LAMBDAS
 
     qualities = _parse_qualities(args.quality, float) if args.quality else None
+    if qualities:
+        from ..models import check_quality
+
+        try:
+            qualities = [check_quality(q) for q in qualities]
+        except ValueError as e:
+            raise UsageError(None, f"-q: {e}") from None
     if args.weights:
         codecs = [load_codec(args.device, weights=w) for w in args.weights]
     elif args.model:
         codecs = [load_codec(args.device, model=m) for m in args.model]
     elif qualities:
-        codecs = list({c.info.sha256: c for c in (load_codec(args.device, quality=q) for q in qualities)}.values())
+        if not zoo.registry():
+            load_codec(args.device)  # raises the empty-registry error
+        codecs = []  # the models for these qualities, each loaded once (a variable-rate one serves them all)
+        for q in qualities:
+            entry = zoo.find_quality(q)
+            if all(c.info.sha256 != entry.sha256 for c in codecs):
+                codecs.append(load_codec(args.device, model=f"{entry.name}@{entry.sha256}"))
     else:  # every shipped model
-        from .. import zoo
-
         codecs = [load_codec(args.device, model=f"{e.name}@{e.sha256}") for e in zoo.registry()] \
             or [load_codec(args.device)]  # an empty registry: its error
     if args.fused:
@@ -173,6 +185,8 @@ def cmd_bench(args) -> None:
     from ..image import rgb_array
     from ..provenance import environment
 
+    if args.weights and args.model:
+        raise UsageError(None, "--model and --weights each choose the model: give one of them")
     codec = load_codec(args.device, weights=args.weights, model=args.model)
     if args.image:
         image = rgb_array(load_image(Path(args.image)))

@@ -28,7 +28,9 @@ from .google import MeanScaleHyperprior, ScaleHyperprior
 
 #: CompressAI's MSE lambdas for qualities 1..8 (loss = lambda * 255^2 * MSE + bpp).
 MSE_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
-QUALITY_MIN, QUALITY_MAX = 1.0, float(len(MSE_LAMBDAS))
+#: the trained qualities 1..QUALITY_LEVELS of a variable-rate model (a gain vector each)
+QUALITY_LEVELS = len(MSE_LAMBDAS)
+QUALITY_MIN, QUALITY_MAX = 1.0, float(QUALITY_LEVELS)
 #: what a variable-rate model codes at when no quality is asked for (and its weights name none)
 DEFAULT_QUALITY = 3
 
@@ -54,8 +56,8 @@ def _positions(quality: Tensor) -> tuple[Tensor, Tensor]:
 def quality_lambda(quality: QualityLike) -> Tensor:
     """The training lambda of a (possibly fractional) quality: CompressAI's at integers, their
     log-linear interpolation in between."""
-    q = torch.as_tensor(quality, dtype=torch.float64)
-    log_l = torch.log(torch.tensor(MSE_LAMBDAS, dtype=torch.float64))
+    q = torch.as_tensor(quality).to(torch.float64)
+    log_l = torch.log(torch.tensor(MSE_LAMBDAS, dtype=torch.float64, device=q.device))
     low, t = _positions(q.reshape(-1))
     out = torch.exp(log_l[low] * (1 - t[:, 0]) + log_l[low + 1] * t[:, 0])
     return out.reshape(q.shape)

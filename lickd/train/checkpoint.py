@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .. import zoo
@@ -42,7 +43,8 @@ def read_tensors(path: Path) -> tuple[dict, dict]:
 
 def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str, kept: str = "full") -> tuple[dict, dict]:
     """Adam's state as tensors: all of it ("full"), the step and the second moment in bf16
-    ("compact"; its first moment, an average over ~10 steps, re-forms at once), or nothing."""
+    ("compact"; its first moment, an average over ~10 steps, re-forms at once), or nothing.
+    ``load_optimizer`` reads any of the three back."""
     state = opt.state_dict()
     tensors = {}
     for idx, s in state["state"].items():
@@ -54,7 +56,7 @@ def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str, kept: str = "full
 
 
 def load_optimizer(opt: torch.optim.Optimizer, tensors: dict, groups: list, prefix: str) -> None:
-    """Restores what ``_optimizer_tensors`` kept; a missing first moment starts at zero, a missing
+    """Restores what ``optimizer_tensors`` kept; a missing first moment starts at zero, a missing
     state altogether means a fresh Adam (the schedule and hyper-parameters still come back)."""
     state: dict = {}
     for key, value in tensors.items():
@@ -68,10 +70,13 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict, groups: list, pref
 
 
 #: fields a continued run may change: how long it runs, where its files are, how often it logs,
-#: what its checkpoints keep, where it runs (``amp = "auto"`` then decides for the new machine) and
-#: its learning-rate schedule from here on (the log records the lr of every logged step)
+#: what its checkpoints keep, where and how it runs (device, precision, memory layout, fused
+#: kernels: tested to train the same model) and its learning-rate schedule from here on. The lr
+#: milestones are fractions of ``steps``, so a new ``steps`` moves them too; the log records the
+#: lr of every logged step.
 RESUMABLE_CHANGES = {"steps", "data", "val_data", "val_images", "run_dir", "device", "log_every", "val_every",
-                     "ckpt_every", "tensorboard", "name", "optimizer_state", "lr", "lr_milestones", "lr_gamma"}
+                     "ckpt_every", "tensorboard", "name", "optimizer_state", "lr", "lr_milestones", "lr_gamma",
+                     "amp", "channels_last", "fused"}
 
 
 def config_changes(saved: dict, cfg: TrainConfig) -> list[str]:
@@ -101,8 +106,11 @@ def saved_config(run_dir: os.PathLike, overrides: tuple[str, ...] = ()) -> Train
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint in {run_dir}")
-    with safe_open(str(path), framework="pt") as f:
-        saved = json.loads((f.metadata() or {})["config"])
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            saved = json.loads((f.metadata() or {})["config"])
+    except (KeyError, json.JSONDecodeError, OSError, SafetensorError) as e:
+        raise ValueError(f"{path}: not a lickd training checkpoint ({e})") from None
     cfg = load_config(None, (), base=saved)
     cfg = load_config(None, (*overrides, f"run_dir={run_dir}"), base=cfg.to_dict())
     changed = config_changes(saved, cfg)

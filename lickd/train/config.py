@@ -66,7 +66,7 @@ class TrainConfig:
     ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off)
     # bf16 autocast of the transforms (entropy models stay fp32): true, false, or "auto": on where
     # the hardware runs bf16 natively (CUDA; CPUs with AVX-512 BF16 or AMX), off elsewhere (on an
-    # AVX2-only CPU bf16 autocast was measured 6-24x slower than fp32). lickd.train.precision.
+    # AVX2-only CPU bf16 autocast was measured 6-24x slower than fp32). lickd.cpu.resolve_amp.
     amp: Any = "auto"
     channels_last: bool = False  # NHWC weights and crops: oneDNN's faster convolutions on CPUs
     fused: bool = False  # run g_a/g_s (student and teacher) with lickd.kernels on GPUs (not yet timed on one)

@@ -23,7 +23,8 @@ from torch import nn
 from .. import zoo
 from ..accelerate import accelerate
 from ..cpu import resolve_amp
-from ..models import MSE_LAMBDAS as MSE_LEVELS, CompressionModel, build_model, quality_lambda
+from ..models import CompressionModel, build_model, quality_lambda
+from ..models.variable_rate import QUALITY_LEVELS
 from ..provenance import environment
 from .checkpoint import (CHECKPOINT, EXPORT, config_changes, export_run, exported_model, load_optimizer,
                          optimizer_tensors, read_tensors, run_model_info, write_tensors)
@@ -96,6 +97,7 @@ class Trainer:
         torch.manual_seed(cfg.seed * 7919 + self.rank + 1)
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.writer = self._tensorboard()
         if resume:
             self.load_checkpoint()
         elif self.is_main:
@@ -103,7 +105,6 @@ class Trainer:
         cuda = self.device.type == "cuda"
         self.ddp = (nn.parallel.DistributedDataParallel(self.model, device_ids=[self.dist.local_rank] if cuda else None)
                     if self.world > 1 else self.model)
-        self.writer = self._tensorboard()
 
     # ------------------------------------------------------------------ setup helpers
     def _load_teacher(self, path: str) -> CompressionModel:
@@ -160,7 +161,7 @@ class Trainer:
             group["lr"] = cfg.lr * self.lr_factor(self.step)
         x = self.sampler.next()
         # A variable-rate model trains every quality at once: one drawn per crop, with its lambda.
-        quality = self.sampler.qualities(len(MSE_LEVELS)).to(self.device) if self.variable_rate else None
+        quality = self.sampler.qualities(QUALITY_LEVELS).to(self.device) if self.variable_rate else None
         lmbda = quality_lambda(quality).float() if quality is not None else None
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -210,7 +211,7 @@ class Trainer:
         starts from what was saved."""
         sampler = CropSampler(self.data, min(self.cfg.batch_size, 8), seed=PROBE_SEED)
         x = sampler.next()
-        quality = (torch.arange(x.size(0)) % len(MSE_LEVELS) + 1).to(self.device) if self.variable_rate else None
+        quality = (torch.arange(x.size(0)) % QUALITY_LEVELS + 1).to(self.device) if self.variable_rate else None
         rd = RateDistortionLoss(self.cfg.lmbda, self.cfg.metric)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), torch.no_grad():
             torch.manual_seed(PROBE_SEED)
@@ -248,8 +249,12 @@ class Trainer:
         path = self.run_dir / CHECKPOINT
         if not path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir}")
-        tensors, meta = read_tensors(path)
-        changed = config_changes(meta["config"], self.cfg)
+        try:
+            tensors, meta = read_tensors(path)
+            saved_cfg = meta["config"]
+        except (KeyError, OSError, ValueError, RuntimeError) as e:
+            raise ValueError(f"{path}: not a lickd training checkpoint ({e})") from None
+        changed = config_changes(saved_cfg, self.cfg)
         if changed:
             raise ValueError(f"--resume with a different configuration ({', '.join(changed)})")
 
@@ -275,6 +280,27 @@ class Trainer:
         self.sampler.set_state(rng["sampler"])
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
+        self._continue_log()
+
+    def _continue_log(self) -> None:
+        """On resume: the log keeps what led to the checkpoint (steps logged after it, by a run
+        that stopped without one, are dropped, as their training is), and a "resumed" record
+        compares the probe of the loaded weights with the one the checkpoint saved (another CPU
+        rounds differently: 1e-3 relative is a warning, not an error)."""
+        if not self.is_main:
+            return
+        log = self.run_dir / "metrics.jsonl"
+        if log.is_file():
+            kept = [line for line in log.read_text().splitlines(keepends=True)
+                    if line.strip() and json.loads(line).get("step", 0) <= self.step]
+            log.write_text("".join(kept))
+        probe = self.probe()
+        record = {"event": "resumed", "probe_rd": probe, "saved_probe_rd": self.saved_probe}
+        if self.saved_probe is not None and abs(probe - self.saved_probe) > 1e-3 * abs(self.saved_probe):
+            record["warning"] = "the loaded weights do not give the saved probe loss"
+            print(f"lickd train: warning: {self.run_dir}: probe loss {probe:.6g}, the checkpoint saved "
+                  f"{self.saved_probe:.6g}", file=sys.stderr)
+        self._log(record)
 
     # ------------------------------------------------------------------ evaluation and export
     def export_model(self) -> CompressionModel:
