@@ -278,7 +278,7 @@ def test_quality_beside_variable_rate_weights_sets_the_rate(capsys, tmp_path, im
 def test_a_closed_stdout_ends_quietly_with_status_0(tmp_path, lkd_file):
     """``lickd info F | head -1``: the reader goes away before lickd writes; no message, status 0."""
     proc = subprocess.Popen([sys.executable, "-m", "lickd.cli", "info", str(lkd_file)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, cwd=tmp_path)  # outside the checkout: the installed lickd
     proc.stdout.close()  # long before the interpreter has imported torch and printed anything
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0 and err == b""

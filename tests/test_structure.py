@@ -108,7 +108,7 @@ def test_the_command_line_sits_on_top():
             assert "argparse" not in path.read_text(), name
 
 
-def test_every_module_imports_on_its_own():
+def test_every_module_imports_on_its_own(tmp_path):
     """Each module imported first, in one interpreter with lickd's modules forgotten before each
     (the compiled coder stays loaded: an extension module initialises once per process)."""
     names = [n for n in lickd_modules() if not n.endswith(".__main__")]
@@ -127,7 +127,7 @@ def test_every_module_imports_on_its_own():
         "print('\\n'.join(failed))\n"
         "sys.exit(1 if failed else 0)\n")
     r = subprocess.run([sys.executable, "-c", script, *names], capture_output=True, text=True, timeout=300,
-                       cwd=ROOT)
+                       cwd=tmp_path)  # outside the checkout, whose source folder would shadow the installed lickd
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -152,7 +152,7 @@ def test_a_failing_test_prints_its_seed_and_the_seed_replays_its_draws(tmp_path)
 
 
 @pytest.mark.parametrize("module", ["lickd.cli", "lickd.train"])
-def test_python_dash_m_entry_points(module):
+def test_python_dash_m_entry_points(module, tmp_path):
     r = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120,
-                       cwd=ROOT)
+                       cwd=tmp_path)
     assert r.returncode == 0 and "usage:" in r.stdout, r.stderr
