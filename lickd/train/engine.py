@@ -206,9 +206,9 @@ class Trainer:
                 self.wall_seconds + time.time() - self._clock[1])
 
     def probe(self) -> float:
-        """The RD loss on a fixed batch (fixed crops, noise and qualities): a number that depends
-        on the weights alone, logged with every checkpoint, so a continued run can check that it
-        starts from what was saved."""
+        """The RD loss on a fixed batch (fixed crops, noise and qualities): for a given training
+        set, crop and batch size a number that depends on the weights alone, logged with every
+        checkpoint, so a continued run can check that it starts from what was saved."""
         sampler = CropSampler(self.data, min(self.cfg.batch_size, 8), seed=PROBE_SEED)
         x = sampler.next()
         quality = (torch.arange(x.size(0)) % QUALITY_LEVELS + 1).to(self.device) if self.variable_rate else None
