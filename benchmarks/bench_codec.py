@@ -35,13 +35,15 @@ import torch
 from lickd import StudentCodec, zoo
 from lickd.device import resolve_device, synchronize
 from lickd.entropy.coder import cuda_coder_built
-from lickd.eval.bench import stage_timer
+from lickd.eval.bench import fast_path, stage_timer
 from lickd.image import list_images, load_rgb, pad_to_multiple, to_tensor
 from lickd.provenance import environment
 from lickd.models import MeanScaleHyperprior
 
 
-def timed(fn, model, device):
+def timed(fn, model, device, stages_out=None):
+    """(fn's result, its wall time, the part outside the transforms: the coder); ``stages_out``
+    collects each transform's time (h_s: the exact one for lickd, CompressAI's float one)."""
     def sync():
         synchronize(device)
 
@@ -51,7 +53,18 @@ def timed(fn, model, device):
         out = fn()
         sync()
         total = time.perf_counter() - t0
+    if stages_out is not None:
+        for name, t in stages.items():
+            stages_out.setdefault(name, []).append(t)
     return out, total, total - sum(stages.values())
+
+
+def stage_medians_ms(stages: dict) -> dict:
+    return {name: 1e3 * statistics.median(v) for name, v in stages.items()}
+
+
+def stage_text(ms: dict, names) -> str:
+    return " ".join(f"{n} {ms[n]:.0f}" for n in names if n in ms)
 
 
 def main(argv=None):
@@ -102,12 +115,14 @@ def main(argv=None):
             os.environ["LICKD_CUDA_CODER"] = previous
 
     rows = {k: [] for k in ("cai_enc", "cai_dec", "cai_enc_coder", "cai_dec_coder", "cai_bytes")}
+    cai_stages = {"enc": {}, "dec": {}}
     for img in loaded:
         x = pad_to_multiple(to_tensor(img)[0].to(device), 64)
-        enc, t, c = timed(lambda: cai.compress(x), cai, device)
+        cai.decompress(**cai.compress(x))  # warm-up, as for lickd
+        enc, t, c = timed(lambda: cai.compress(x), cai, device, cai_stages["enc"])
         rows["cai_enc"].append(t), rows["cai_enc_coder"].append(c)
         rows["cai_bytes"].append(sum(len(s[0]) for s in enc["strings"]))
-        _, t, c = timed(lambda: cai.decompress(enc["strings"], enc["shape"]), cai, device)
+        _, t, c = timed(lambda: cai.decompress(enc["strings"], enc["shape"]), cai, device, cai_stages["dec"])
         rows["cai_dec"].append(t), rows["cai_dec_coder"].append(c)
     xb = torch.cat([pad_to_multiple(to_tensor(im)[0].to(device), 64) for im in same])
     encb, c_enc, _ = timed(lambda: cai.compress(xb), cai, device)
@@ -115,8 +130,11 @@ def main(argv=None):
     cai_batched = {"enc": c_enc / len(same), "dec": c_dec / len(same)}
 
     med = {k: statistics.median(v) for k, v in rows.items()}
+    cai_stage_ms = {d: stage_medians_ms(v) for d, v in cai_stages.items()}
+    path = fast_path(codec)
     print(f"mbt2018-mean N={ours.N} M={ours.M}, {weights_note}; {len(images)} Kodak image(s), batch 1, "
-          f"{device.type} ({environment()['gpu'] if device.type == 'cuda' else environment()['cpu']}); medians")
+          f"{device.type} ({environment()['gpu'] if device.type == 'cuda' else environment()['cpu']}); medians; "
+          f"lickd: {path['summary']} (one process: CompressAI shares the allocator setting)")
     print(f"{'':28s} {'encode ms':>10s} {'coder %':>8s} {'decode ms':>10s} {'coder %':>8s} {'bytes':>9s} "
           f"{'speed-up enc/dec':>17s} {'batch ' + str(len(same)) + ' ms/img enc/dec':>24s}")
     print(f"{'CompressAI 1.2.8':28s} {1e3 * med['cai_enc']:10.1f} {100 * med['cai_enc_coder'] / med['cai_enc']:7.0f}% "
@@ -128,11 +146,20 @@ def main(argv=None):
         print(f"{label:28s} {1e3 * e:10.1f} {100 * r['median_s']['enc_coder'] / e:7.0f}% {1e3 * d:10.1f} "
               f"{100 * r['median_s']['dec_coder'] / d:7.0f}% {r['median_s']['bytes']:9,.0f} {speed:>17s} "
               f"{1e3 * r['batched_s']['enc']:11.2f} / {1e3 * r['batched_s']['dec']:<10.2f}")
+    print("stages, ms (h_s: CompressAI's float one, lickd's exact one; coder: the rest of the time)")
+    for label, ms, total in [("CompressAI 1.2.8", cai_stage_ms, med)] + [
+            (label, r["stage_ms"], r["median_s"]) for label, r in results.items()]:
+        enc_coder, dec_coder = (1e3 * total[k] for k in (("cai_enc_coder", "cai_dec_coder") if "cai_enc" in total
+                                                         else ("enc_coder", "dec_coder")))
+        print(f"  {label:28s} encode: {stage_text(ms['enc'], ('g_a', 'h_a', 'h_s'))} coder {enc_coder:.0f} | "
+              f"decode: {stage_text(ms['dec'], ('h_s',))} coder {dec_coder:.0f} {stage_text(ms['dec'], ('g_s',))}")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device.type, "N": ours.N, "M": ours.M, "weights": weights_note,
                                                "images": [Path(p).name for p in images], "compressai": {
-                                                   "median_s": med, "batched_s": cai_batched, "per_image_s": rows},
-                                               "lickd": results, "batch": len(same), "environment": environment()},
+                                                   "median_s": med, "batched_s": cai_batched, "per_image_s": rows,
+                                                   "stage_ms": cai_stage_ms},
+                                               "lickd": results, "fast_path": path, "batch": len(same),
+                                               "environment": environment()},
                                               indent=2))
 
 
@@ -246,17 +273,19 @@ def lickd_rows(codec, images, same, device, cuda_coder: str, fused: bool) -> dic
         from lickd import accelerate
         codec = StudentCodec(accelerate(copy.deepcopy(codec.model), dtype=torch.float16), codec.info, device=device)
     rows = {k: [] for k in ("enc", "dec", "enc_coder", "dec_coder", "bytes")}
+    stages = {"enc": {}, "dec": {}}
     for img in images:
         codec.decompress(codec.compress(img))  # warm-up
-        data, t, c = timed(lambda: codec.compress(img), codec.model, device)
+        data, t, c = timed(lambda: codec.compress(img), codec.model, device, stages["enc"])
         rows["enc"].append(t), rows["enc_coder"].append(c), rows["bytes"].append(len(data))
-        _, t, c = timed(lambda: codec.decompress(data), codec.model, device)
+        _, t, c = timed(lambda: codec.decompress(data), codec.model, device, stages["dec"])
         rows["dec"].append(t), rows["dec_coder"].append(c)
     datas = codec.compress_batch(same)
     _, t_enc, _ = timed(lambda: codec.compress_batch(same), codec.model, device)
     _, t_dec, _ = timed(lambda: codec.decompress_batch(datas), codec.model, device)
     return {"median_s": {k: statistics.median(v) for k, v in rows.items()}, "per_image_s": rows,
-            "batched_s": {"enc": t_enc / len(same), "dec": t_dec / len(same)}}
+            "batched_s": {"enc": t_enc / len(same), "dec": t_dec / len(same)},
+            "stage_ms": {d: stage_medians_ms(v) for d, v in stages.items()}}
 
 
 if __name__ == "__main__":

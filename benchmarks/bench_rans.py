@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from lickd.entropy import GaussianConditional, get_scale_table, stream_info
+from lickd.entropy.options import LKD_FILE_OPTIONS
 from lickd.provenance import environment
 
 
@@ -64,13 +65,13 @@ def synthetic_workload(n_channels, height, width, scale_max=8.0, seed=0):
 
 def coded_latents(model, x):
     """What the codec codes for image x: y's symbols and scales, z's symbols (exact entropy
-    parameters, as StudentCodec sets them)."""
+    parameters, as .lkd files code them)."""
     eb = model.entropy_bottleneck
     with torch.inference_mode():
         y = model.g_a(x)
         z = model._hyper_analysis(y)
         medians = eb.expanded_medians(z.size(0), 2)
-        scales, means = model._coding_params(eb.quantize(z, "dequantize", medians))
+        scales, means = model._coding_params(eb.quantize(z, "dequantize", medians), LKD_FILE_OPTIONS)
         return model.gaussian_conditional.quantize(y, "symbols", means), scales, eb.quantize(z, "symbols", medians)
 
 

@@ -22,7 +22,9 @@ import torch
 
 from . import container, tiling, zoo
 from .entropy.coder import STREAM_VERSION
-from .entropy.exact import EXACT_VERSION
+from .entropy.exact import EXACT_VERSION, EXACT_VERSIONS
+from .entropy.options import LKD_FILE_OPTIONS, CodingOptions
+from .cpu import retain_freed_memory
 from .device import resolve_device
 from .errors import CorruptFileError, LickdError
 from .image import ImageLike, OutputKind, from_tensor, to_tensor
@@ -30,10 +32,14 @@ from .models import CompressionModel, check_quality, quality_lambda
 from .models.variable_rate import DEFAULT_QUALITY
 
 
-#: The .lkd ``coder`` field, "rans1b+x1": bare rANS streams of format v1 (csrc/rans_format.h; the
-#: container records what their headers leave out) and the exact entropy-parameter arithmetic v1
-#: (lickd.entropy.exact), which together decide how the bytes map back to latents.
+#: The .lkd ``coder`` field new files get, "rans1b+x2": bare rANS streams of format v1
+#: (csrc/rans_format.h; the container records what their headers leave out) and the exact
+#: entropy-parameter arithmetic v2 (lickd.entropy.exact), which together decide how the bytes
+#: map back to latents.
 FILE_CODER = f"rans{STREAM_VERSION}b+x{EXACT_VERSION}"
+#: every coder field this lickd decodes -> its exact arithmetic version (x1: files of older lickd)
+READABLE_CODERS = {f"rans{STREAM_VERSION}b+x{v}": v for v in EXACT_VERSIONS}
+
 
 #: With ``tile=None`` (automatic), images of more padded pixels than this run g_a and g_s in
 #: tiles of ``DEFAULT_TILE`` pixels. Measured on the 2-core AVX2 machine (N=64/M=192, one
@@ -44,9 +50,17 @@ FILE_CODER = f"rans{STREAM_VERSION}b+x{EXACT_VERSION}"
 TILE_THRESHOLD = 2_000_000
 DEFAULT_TILE = 512
 
+#: Memory format of the transforms on the CPU. oneDNN's convolutions run NHWC natively (any x86
+#: ISA); NCHW inputs are reordered around every layer, and GDN takes its blocked fast path only
+#: on channels_last (lickd.layers.gdn). Measured on the 2-vCPU AVX2 machine, Kodak 768x512,
+#: N=64, allocator retention on: g_s ~100 ms channels_last against ~150 ms NCHW, g_a the same
+#: or better. A fixed rule, not a per-run measurement, so one machine always writes the same bytes.
+CPU_LAYOUT = torch.channels_last
+
 
 class StudentCodec:
-    """A lickd model bound to the identity written into every file it encodes."""
+    """A lickd model bound to the identity written into every file it encodes. The model given
+    is used in place: moved to ``device``, put in eval mode and, on a CPU, in CPU_LAYOUT."""
 
     def __init__(self, model: CompressionModel, info: zoo.ModelInfo, device: Union[str, torch.device, None] = "auto",
                  quality: Union[int, float, None] = None, tile: Union[int, None] = None):
@@ -57,11 +71,13 @@ class StudentCodec:
         #: TILE_THRESHOLD pixels), 0 never tiles; on one machine the file does not depend on it
         self.tile = tile
         self.model = model.to(self.device).eval()
-        self.model.entropy_parameters = "exact"  # files decode on any device (lickd.entropy.exact)
         self.model.update(force=False)  # no-op when the tables shipped with the weights
         if not info.sha256:  # weights without a file: identify them by their state
             info = dataclasses.replace(info, sha256=zoo.state_sha256(self.model))
         self.info = info
+        if self.device.type == "cpu":  # the CPU fast path (docs/architecture.md)
+            retain_freed_memory()
+            self.model.to(memory_format=CPU_LAYOUT)
         #: what ``compress`` codes at when given no quality (variable-rate models only)
         self.quality = None
         if model.variable_rate:
@@ -113,14 +129,17 @@ class StudentCodec:
         return self.info.quality
 
     # ------------------------------------------------------------------ coding
-    def compress(self, image: ImageLike, quality=None, **coder_options) -> bytes:
+    def compress(self, image: ImageLike, quality=None, **coder_settings) -> bytes:
         """Encodes an image (PIL, uint8 array or float tensor) to the bytes of a .lkd file;
         ``quality`` (1..8, fractions too) picks the rate of a variable-rate model."""
-        return self.compress_batch([image], quality, **coder_options)[0]
+        return self.compress_batch([image], quality, **coder_settings)[0]
 
     @torch.inference_mode()
-    def compress_batch(self, images: Sequence[ImageLike], quality=None, **coder_options) -> list[bytes]:
-        """Encodes many images; those of the same padded size go through the network together."""
+    def compress_batch(self, images: Sequence[ImageLike], quality=None, **coder_settings) -> list[bytes]:
+        """Encodes many images; those of the same padded size go through the network together.
+        ``coder_settings``: the rANS coder's ``lanes``, ``chunks``, ``max_overhead``, ``threads``
+        (lickd.entropy.options.CodingOptions); the rest of how a file codes is fixed."""
+        options = self.coding_options(**coder_settings)
         quality = self.quality_for(quality)
         factor = self.model.downsampling_factor
         tensors = [to_tensor(img)[0] for img in images]
@@ -130,13 +149,23 @@ class StudentCodec:
             y = self._analysis([tensors[i] for i in members], padded, quality)
             for i in members:  # the float images are not needed past g_a: free them before coding
                 tensors[i] = None
-            coded = self.model.compress(None, quality=quality, bare=True, y=y, **coder_options)
+            coded = self.model.compress(None, quality=quality, y=y, options=options)
             shapes = self.model.latent_shapes(*padded)
             for k, i in enumerate(members):
                 sections = [container.Section(name, shapes[name], strings[k])
                             for name, strings in zip(self.model.latent_names, coded["strings"])]
                 out[i] = self._file(sizes[i], sections, quality).to_bytes()
         return out
+
+    @staticmethod
+    def coding_options(**coder_settings) -> CodingOptions:
+        """How new .lkd files code (LKD_FILE_OPTIONS: exact entropy parameters, so files decode
+        the same on any device; bare streams) with the rANS coder settings given."""
+        fixed = {"entropy_parameters", "bare", "exact_version"} & set(coder_settings)
+        if fixed:
+            raise TypeError(f"a .lkd file always codes with {sorted(fixed)} = "
+                            f"{[getattr(LKD_FILE_OPTIONS, k) for k in sorted(fixed)]}")
+        return LKD_FILE_OPTIONS.replace(**coder_settings)
 
     def tile_for(self, padded) -> int:
         """The tile edge (pixels) of g_a and g_s for images of ``padded`` (H, W); 0: the whole image."""
@@ -164,8 +193,9 @@ class StudentCodec:
 
     def check_file(self, f: container.LkdFile) -> None:
         """Raises unless ``f`` was encoded by this model with this coder."""
-        if f.coder != FILE_CODER:
-            raise CorruptFileError(f"coded with '{f.coder}', this lickd decodes '{FILE_CODER}'")
+        if f.coder not in READABLE_CODERS:
+            raise CorruptFileError(f"coded with '{f.coder}', this lickd decodes "
+                                   f"{' or '.join(repr(c) for c in READABLE_CODERS)}")
         if f.weights != self.info.short_hash:
             raise LickdError(f"file was encoded with model '{f.model}@{f.weights}', "
                              f"this codec holds '{self.name}'")
@@ -182,12 +212,13 @@ class StudentCodec:
                 raise CorruptFileError(f"header field 'quality': {e}") from None
 
     def _decode_group(self, files: list[container.LkdFile]) -> dict[str, torch.Tensor]:
-        """Quantised latents of files of one padded size, decoded as one batch."""
+        """Quantised latents of files of one padded size and coder, decoded as one batch."""
         strings = [[f.section(name).data for f in files] for name in self.model.latent_names]
         # CompressAI's convention: ``shape`` is the spatial size of the last latent (y or z).
         shape = files[0].section(self.model.latent_names[-1]).shape[-2:]
+        options = LKD_FILE_OPTIONS.replace(exact_version=READABLE_CODERS[files[0].coder])
         with torch.inference_mode():
-            return self.model.decode_latents(strings, shape, bare=True)
+            return self.model.decode_latents(strings, shape, options)
 
     def decode_latents(self, data: bytes) -> tuple[container.LkdFile, dict[str, torch.Tensor]]:
         """Parses and checks a file, then decodes its quantised latents (before the synthesis)."""
@@ -208,10 +239,13 @@ class StudentCodec:
             self.check_file(f)
         factor = self.model.downsampling_factor
         out: list = [None] * len(files)
-        for padded, members in _group_by(files, lambda f: _padded_size((f.height, f.width), factor)).items():
+        for (padded, _), members in _group_by(
+                files, lambda f: (_padded_size((f.height, f.width), factor), f.coder)).items():
             group = [files[i] for i in members]
             y_hat = self._decode_group(group)["y"]
             quality = torch.tensor([float(f.quality) for f in group]) if self.variable_rate else None
+            if self.device.type == "cpu":  # g_s in the CPU layout from its first layer on
+                y_hat = y_hat.contiguous(memory_format=CPU_LAYOUT)
             x_hat = tiling.synthesis(self.model, y_hat, quality, self.tile_for(padded)).clamp_(0, 1)
             del y_hat  # before the conversion to 8 bits
             for k, i in enumerate(members):
@@ -235,4 +269,4 @@ def read_info(data: bytes) -> container.LkdFile:
     return container.parse(data)
 
 
-__all__ = ["FILE_CODER", "StudentCodec", "read_info", "resolve_device"]
+__all__ = ["FILE_CODER", "READABLE_CODERS", "StudentCodec", "read_info", "resolve_device"]

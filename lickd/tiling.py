@@ -18,8 +18,9 @@ For the Ballé-family transforms (four 5x5 layers of stride 2, padding 2):
 * h_s (two 5x5 transposed convs of stride 2, then a 3x3 conv): y rows [4a, 4b) come from z rows
   [a - 1, b + 2).
 
-What is equal: the exact (fixed-point) h_s is bit-identical tiled or not, whatever the tile size,
-since every sum it forms is exact. The float transforms compute every kept output from the same
+What is equal: the exact h_s is bit-identical tiled or not, whatever the tile size, since every
+sum it forms is exact (version 1 runs over tiles of z; version 2, whose activation steps are per
+image, runs whole with its GEMMs over blocks of rows). The float transforms compute every kept output from the same
 inputs with the same weights in the same memory format; only the convolution library's choice of
 algorithm for another tensor shape can change the summation order. Measured on this project's
 AVX2 CPU: g_a bit-identical, g_s within 3e-8 (N=64, M=192, 512-pixel tiles); see
@@ -35,12 +36,13 @@ from typing import Callable, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from .entropy.exact import EXACT_VERSION
 from .layers import GDN
 
 #: layers that map each position to itself (across channels only)
 POINTWISE = (GDN, nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Identity)
 
-#: exact h_s tile, in z positions: its float64 unfold of the last 3x3 conv holds ~20 KB per y
+#: exact h_s tile (version 1), in z positions: its float64 unfold of the last 3x3 conv holds ~20 KB per y
 #: position (mbt2018-mean, M=192), ~120 MB for a tile of 16 z (19 with its halo). The whole
 #: pass on a 24 MP image would hold ~2 GB there; tiled, its time at 24 MP is ~1 s on one core.
 EXACT_TILE = 16
@@ -266,11 +268,16 @@ def synthesis(model, y_hat: Tensor, quality=None, tile: int = 512, batch: int = 
     return run(lambda y: model.synthesis(y, q(y.size(0))), y_hat, *_pixel_tiles(model.g_s, tile), batch=batch)
 
 
-def exact_hyper_synthesis(model, z_hat: Tensor, tile: int = EXACT_TILE) -> Tensor:
-    """``model.exact_h_s(z_hat)`` in ``z_hat``'s dtype, over tiles of ``tile`` z positions:
-    bit-identical to the whole pass (exact arithmetic), in a fraction of its float64 memory."""
+def exact_hyper_synthesis(model, z_hat: Tensor, tile: int = EXACT_TILE,
+                          version: int = EXACT_VERSION) -> Tensor:
+    """``model.exact_h_s(z_hat, version)`` in ``z_hat``'s dtype, in bounded memory. Version 2
+    runs whole (its activation steps are per image; its GEMMs go over blocks of rows), version 1
+    over tiles of ``tile`` z positions: bit-identical to the whole pass (exact arithmetic) in a
+    fraction of its float64 memory."""
+    if version != 1:
+        return model.exact_h_s(z_hat, version).to(z_hat.dtype)
     fp = footprints(model.h_s)
-    return run(lambda z: model.exact_h_s(z).to(z_hat.dtype), z_hat, fp, tuple(int(tile * f.scale) for f in fp))
+    return run(lambda z: model.exact_h_s(z, 1).to(z_hat.dtype), z_hat, fp, tuple(int(tile * f.scale) for f in fp))
 
 
 __all__ = ["EXACT_TILE", "Footprint", "analysis", "can_tile", "exact_hyper_synthesis", "footprints",

@@ -42,7 +42,7 @@ def test_encode_decode_info_round_trip(capsys, tmp_path, image_file, weights):
     assert code == 0
     assert Image.open(png).size == (70, 45)
     code, out, err = run(capsys, "info", lkd)
-    assert code == 0 and "70x45" in out and "mbt2018-mean" in out and "rans1b+x1" in out
+    assert code == 0 and "70x45" in out and "mbt2018-mean" in out and "rans1b+x2" in out
     code, out, err = run(capsys, "info", lkd, "--json")
     info = json.loads(out)
     assert info["size"] == [45, 70] and info["file_bytes"] == lkd.stat().st_size
@@ -282,6 +282,24 @@ def test_a_closed_stdout_ends_quietly_with_status_0(tmp_path, lkd_file):
     proc.stdout.close()  # long before the interpreter has imported torch and printed anything
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0 and err == b""
+
+
+def test_a_reader_that_goes_away_stops_the_records_not_the_files(tmp_path, image_file, weights):
+    """``lickd encode a b c --json | head -1``: every file is still written, status 0."""
+    srcs = []
+    for name in "abc":
+        srcs.append(tmp_path / f"{name}.png")
+        srcs[-1].write_bytes(image_file.read_bytes())
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # every record is written at once: the first one breaks
+    proc = subprocess.Popen([sys.executable, "-m", "lickd.cli", "encode", *map(str, srcs), "-o", f"{out}/",
+                             "--weights", str(weights), "--json", "-j", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, env=env)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()
+    assert sorted(p.name for p in out.iterdir()) == ["a.lkd", "b.lkd", "c.lkd"]
 
 
 def test_info_accepts_quiet_and_still_checks_the_file(capsys, lkd_file):
@@ -571,6 +589,21 @@ def test_workers_fit_the_cores():
     assert workers_for(None, 1, cpu) == (1, cores)
     assert workers_for(None, 100, gpu) == (1, cores)
     assert workers_for(3, 2, cpu) == (2, max(1, cores // 2))
+
+
+def test_workers_fit_the_memory(monkeypatch):
+    """Large photos take fewer workers than cores when their estimated peaks do not fit; -j wins."""
+    import torch
+
+    from lickd.cli.batch import file_peak_bytes, workers_for
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    cpu = torch.device("cpu")
+    peak = file_peak_bytes(24_000_000, 64)
+    assert 0.9e9 < peak < 1.4e9 and file_peak_bytes(24_000_000, 128) > peak > file_peak_bytes(400_000, 64)
+    assert workers_for(None, 100, cpu, peak, available=int(3.2 * peak)) == (2, 4)
+    assert workers_for(None, 100, cpu, peak, available=peak // 2) == (1, 8)  # never fewer than one
+    assert workers_for(None, 100, cpu, file_peak_bytes(400_000, 64), available=16 << 30) == (8, 1)
+    assert workers_for(6, 100, cpu, peak, available=peak) == (6, 1)
 
 
 @pytest.mark.parametrize("tty,flags,shown", [(True, [], True), (True, ["--quiet"], False), (True, ["--json"], False),

@@ -1,5 +1,6 @@
 """StudentCodec and the .lkd container: exact latents, any size, input kinds, hostile files."""
 import json
+import math
 import struct
 import zlib
 
@@ -9,6 +10,7 @@ import torch
 from PIL import Image
 
 from lickd import CorruptFileError, ImageFormatError, LickdError, ModelNotFoundError, StudentCodec, container, zoo  # noqa: F401
+from lickd.entropy.options import LKD_FILE_OPTIONS
 from lickd.image import pad_to_multiple, to_tensor
 
 ARCHS = ["bmshj2018-factorized", "bmshj2018-hyperprior", "mbt2018-mean"]
@@ -41,7 +43,7 @@ def test_decoded_latents_equal_encoder_latents(codecs, arch, rng):
             z = model._hyper_analysis(y)
             z_hat = model.entropy_bottleneck.quantize(z, "dequantize", model.entropy_bottleneck.expanded_medians(1, 2))
             assert torch.equal(latents["z"], z_hat)
-            _, means = model._coding_params(z_hat)
+            _, means = model._coding_params(z_hat, LKD_FILE_OPTIONS)
             y_hat = model.gaussian_conditional.quantize(y, "dequantize", means)
         else:
             y_hat = model.entropy_bottleneck.quantize(y, "dequantize", model.entropy_bottleneck.expanded_medians(1, 2))
@@ -51,6 +53,42 @@ def test_decoded_latents_equal_encoder_latents(codecs, arch, rng):
     with torch.no_grad():
         ref = model.g_s(y_hat).clamp(0, 1)[0, :, :96, :160]
     assert torch.equal(out, torch.round(ref * 255) / 255)
+
+
+def test_coding_options_are_passed_down_not_stored_on_the_model(codecs, rng):
+    """The codec codes with LKD_FILE_OPTIONS (exact entropy parameters, bare streams) without
+    changing the model: the same model still codes CompressAI's way (float h_s, self-describing
+    streams) when called directly, and each kind of stream decodes only as what it is."""
+    from lickd.entropy import CodingOptions, stream_info
+    from lickd.entropy.options import LKD_FILE_OPTIONS
+
+    codec = codecs["mbt2018-mean"]
+    model = codec.model
+    img = random_image(64, 128, rng)
+    f = container.parse(codec.compress(img))
+    x = pad_to_multiple(to_tensor(img)[0], model.downsampling_factor)
+    with torch.inference_mode():
+        ours = model.compress(x, options=LKD_FILE_OPTIONS)
+        plain = model.compress(x)
+        assert [s[0] for s in ours["strings"]] == [f.section(n).data for n in model.latent_names]
+        for name, s in zip(model.latent_names, plain["strings"]):
+            assert stream_info(s[0])["n_symbols"] == math.prod(f.section(name).shape)  # its own header
+        # Float and exact h_s give nearly the same scales; the streams differ in form at least.
+        assert plain["strings"][0] != ours["strings"][0]
+        z_hat = model.decode_latents(plain["strings"], plain["shape"])["z"]
+        float_scales, _ = model._coding_params(z_hat)
+        exact_scales, _ = model._coding_params(z_hat, LKD_FILE_OPTIONS)
+        assert not torch.equal(float_scales, exact_scales)
+        assert torch.allclose(float_scales, exact_scales, rtol=1e-3, atol=1e-3)
+        with pytest.raises(CorruptFileError):
+            model.decode_latents(ours["strings"], ours["shape"])  # bare streams read as full ones
+        with pytest.raises(CorruptFileError):
+            model.decode_latents(plain["strings"], plain["shape"], LKD_FILE_OPTIONS)
+    with pytest.raises(TypeError, match="always codes with"):
+        codec.compress(img, bare=False)
+    assert codec.compress(img, threads=1) == codec.compress(img)  # coder settings: same bytes
+    with pytest.raises(ValueError, match="entropy_parameters"):
+        CodingOptions(entropy_parameters="fast")
 
 
 @pytest.mark.parametrize("size", [(1, 1), (65, 33), (513, 769), (64, 64), (17, 200)])

@@ -195,6 +195,8 @@ def test_lickd_eval_bd_rate_plot_and_bench(capsys, tmp_path, image_folder, weigh
            + 12 * 20 * k / 256)
     assert b["kmacs_per_pixel"]["g_a"] * 1e3 == pytest.approx(g_a, rel=1e-6)
     assert "entropy coding" in text and b["energy_j_per_image"] is None
+    assert b["fast_path"]["layout"] == "channels_last" and "fast path: channels_last" in text
+    assert f"encode {b['gmac_per_s']['encode']:.1f} GMAC/s" in text
 
 
 @pytest.mark.parametrize("arch,stages", [("bmshj2018-factorized", {"g_a"}), ("bmshj2018-hyperprior", {"g_a", "h_a", "h_s"})])

@@ -131,13 +131,20 @@ def test_tiled_transforms_equal_the_whole_pass(models, arch, rng):
 
 
 @pytest.mark.parametrize("arch", ["mbt2018-mean", "bmshj2018-hyperprior"])
-def test_exact_hyper_synthesis_is_bit_identical_over_any_tiles(models, arch, rng):
+def test_exact_hyper_synthesis_is_bit_identical_over_any_tiles_or_blocks(models, arch, rng, monkeypatch):
+    """Version 1 over tiles of z; version 2 (per-image activation steps) whole, its GEMMs over
+    blocks of output rows down to one row."""
+    from lickd.entropy import exact
     model = models[arch]
     z_hat = torch.from_numpy(rng.integers(-6, 7, (2, model.N, 7, 5))).float()
     with torch.inference_mode():
-        whole = model.exact_h_s(z_hat).float()
+        whole = model.exact_h_s(z_hat, 1).float()
         for tile in (1, 2, 3, 8):
-            assert torch.equal(tiling.exact_hyper_synthesis(model, z_hat, tile), whole)
+            assert torch.equal(tiling.exact_hyper_synthesis(model, z_hat, tile, version=1), whole)
+        whole = tiling.exact_hyper_synthesis(model, z_hat, version=2)
+        for block_bytes in (1, 5000, 1 << 16):
+            monkeypatch.setattr(exact, "V2_BLOCK_BYTES", block_bytes)
+            assert torch.equal(tiling.exact_hyper_synthesis(model, z_hat, version=2), whole)
 
 
 def test_channels_last_inference_mode_and_a_batch_of_qualities(models, rng):

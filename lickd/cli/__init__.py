@@ -30,7 +30,7 @@ import os
 import sys
 from typing import Optional
 
-from .common import EXIT_ERROR, CliError
+from .common import EXIT_ERROR, CliError, discard_stdout
 from .parser import build_parser
 
 __all__ = ["CliError", "build_parser", "main"]
@@ -44,7 +44,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         status = args.func(args)  # None, or the status of a many-file run (1: some files were bad)
         sys.stdout.flush()  # a reader that went away shows here, not at exit
     except BrokenPipeError:
-        _discard_stdout()
+        discard_stdout()
         return 0
     except CliError as e:
         print(f"lickd: error: {e}", file=sys.stderr)
@@ -63,13 +63,3 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"({type(e).__name__}: {e}); set LICKD_DEBUG=1 for the traceback", file=sys.stderr)
         return EXIT_ERROR
     return status or 0
-
-
-def _discard_stdout() -> None:
-    """After a broken pipe: point stdout at /dev/null, so the interpreter's last flush at exit
-    does not fail again (what Python's documentation of SIGPIPE advises)."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):  # stdout is not a file (captured, replaced)
-        pass

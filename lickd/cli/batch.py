@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .common import CliError, UsageError, check_output, emit
+from .common import CliError, UsageError, check_output, discard_stdout, emit
 
 
 @dataclass
@@ -95,10 +95,13 @@ def jobs_for(inputs: list[str], output: Optional[str], suffix: str) -> list[Job]
 # minutes on a job of a second and had to be killed (OpenMP after fork is a known hazard), while
 # threads share the one loaded model. Not measured: an
 # idle machine (torch's threads would lose less there) and GPUs, where files go one at a time.
-def workers_for(jobs_flag: Optional[int], n_files: int, device) -> tuple[int, int]:
+def workers_for(jobs_flag: Optional[int], n_files: int, device, file_bytes: int = 0,
+                available: Optional[int] = None) -> tuple[int, int]:
     """(workers, torch threads each): ``-j`` if given, else one worker per core torch would use
-    (``torch.get_num_threads()``, which honours OMP_NUM_THREADS), never more workers than files;
-    on a GPU one worker. Each worker runs torch on ``cores // workers`` threads."""
+    (``torch.get_num_threads()``, which honours OMP_NUM_THREADS), never more workers than files
+    nor, without ``-j``, more than fit in memory (``file_bytes``: the estimated peak of the largest
+    file, ``available``: the memory free for them, default MemAvailable); on a GPU one worker.
+    Each worker runs torch on ``cores // workers`` threads."""
     import torch
 
     cores = max(1, torch.get_num_threads())
@@ -108,8 +111,57 @@ def workers_for(jobs_flag: Optional[int], n_files: int, device) -> tuple[int, in
         workers = 1
     else:
         workers = cores
+        if file_bytes > 0:
+            available = memory_available() if available is None else available
+            if available:
+                workers = min(workers, max(1, int(0.8 * available) // file_bytes))
     workers = max(1, min(workers, n_files))
     return workers, max(1, cores // workers)
+
+
+#: Estimated peak bytes one file adds while it is coded, per pixel: a whole-image g_a/g_s pass
+#: holds ~0.3 GB per MP for N=64 (twice for N=128), images above 2 MP
+#: (lickd.codec.TILE_THRESHOLD) hold one tile's worth instead, plus ~45 MB per MP that grows
+#: with the image (its float copy, latents, output). Measured (bench_codec.py --memory): 24 MP
+#: adds ~0.75 GB encode, ~1.0 GB decode; this gives 1.16 GB.
+WHOLE_PASS_BYTES_PER_PIXEL_N64 = 300
+IMAGE_BYTES_PER_PIXEL = 45
+
+
+def file_peak_bytes(pixels: int, n: int) -> int:
+    """The estimated peak memory of coding one image of ``pixels`` with a model of width ``n``."""
+    from ..codec import DEFAULT_TILE, TILE_THRESHOLD
+
+    working = pixels if pixels <= TILE_THRESHOLD else DEFAULT_TILE * DEFAULT_TILE
+    return int(working * WHOLE_PASS_BYTES_PER_PIXEL_N64 * max(1, n) // 64 + pixels * IMAGE_BYTES_PER_PIXEL)
+
+
+def memory_available() -> Optional[int]:
+    """MemAvailable from /proc/meminfo in bytes (None where it cannot be read)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def pixels_of(job: "Job") -> int:
+    """The pixel count of a job's image, from its header alone (0 when it cannot be read: the job
+    itself will report why)."""
+    if job.header is not None:
+        return int(job.header.width) * int(job.header.height)
+    try:
+        from PIL import Image
+
+        with warnings.catch_warnings():  # a large image warns when it is read, not here
+            warnings.simplefilter("ignore")
+            with Image.open(job.src) as img:  # reads the header only
+                return img.size[0] * img.size[1]
+    except Exception:
+        return 0
 
 
 class Batch:
@@ -121,6 +173,7 @@ class Batch:
 
         self.args = args
         self.failures = 0
+        self.reader_gone = False
         show = not (args.quiet or args.json) and sys.stderr.isatty()
         self.bar = tqdm(total=total, unit="file", file=sys.stderr, delay=1.0, leave=False, disable=not show,
                         dynamic_ncols=True)
@@ -163,7 +216,14 @@ class Batch:
             self._write(lambda: print(f"lickd: {where}warning: {message}", file=sys.stderr))
 
     def done(self, line: str, record: dict) -> None:
-        self._write(lambda: emit(self.args, line, record))
+        """One good file. When the reader of stdout has gone (``--json | head -1``), the records
+        stop but the files are still all written: they are what the command is for."""
+        if not self.reader_gone:
+            try:
+                self._write(lambda: (emit(self.args, line, record), sys.stdout.flush()))
+            except BrokenPipeError:
+                self.reader_gone = True
+                discard_stdout()
         self.bar.update()
 
     # ------------------------------------------------------------------ the work
@@ -172,7 +232,9 @@ class Batch:
         result or error is reported in input order as it is known."""
         import torch
 
-        workers, threads = workers_for(self.args.jobs, len(jobs), codec.device)
+        largest = 0 if self.args.jobs or codec.device.type != "cpu" else max(map(pixels_of, jobs), default=0)
+        workers, threads = workers_for(self.args.jobs, len(jobs), codec.device,
+                                       file_peak_bytes(largest, codec.info.N) if largest else 0)
         if workers == 1:
             for job in jobs:
                 self._report(job, lambda job=job: self._guarded(work, codec, job))
@@ -250,4 +312,5 @@ def _warm_up(codec) -> None:
     codec.decompress(codec.compress(np.full((64, 64, 3), 128, np.uint8)), output="numpy")
 
 
-__all__ = ["Batch", "Job", "jobs_for", "output_for", "output_paths", "workers_for"]
+__all__ = ["Batch", "Job", "file_peak_bytes", "jobs_for", "memory_available", "output_for", "output_paths",
+           "workers_for"]

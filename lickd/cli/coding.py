@@ -200,14 +200,14 @@ def _decode_many(args) -> int:
 def cmd_info(args) -> None:
     import json
 
-    from ..codec import FILE_CODER
+    from ..codec import READABLE_CODERS
     from ..entropy import stream_info
     from ..errors import CorruptFileError
 
     src = Path(args.input)
     data = read_input(src)
     f = _parse(src, data)
-    bare = f.coder == FILE_CODER  # this lickd's files hold bare streams; their sizes come from the header
+    bare = f.coder in READABLE_CODERS  # this lickd's files hold bare streams; their sizes come from the header
     try:
         streams = {s.name: stream_info(s.data, math.prod(s.shape) if bare else None) for s in f.sections}
     except CorruptFileError as e:

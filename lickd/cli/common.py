@@ -6,6 +6,7 @@ printed as one line that names the file concerned.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -112,6 +113,16 @@ def write_output(path: Path, data: bytes, force: bool) -> None:
         atomic_write(path, data, force)
     except FileExistsError:
         raise CliError(path, "exists (use -f to overwrite)") from None
+
+
+def discard_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null, so later writes and the interpreter's last
+    flush at exit do not fail again (what Python's documentation of SIGPIPE advises)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is not a file (captured, replaced)
+        pass
 
 
 def emit(args, line: str, record: dict) -> None:

@@ -196,14 +196,17 @@ def cmd_bench(args) -> None:
         image = rng.integers(0, 256, (h, w, 3), dtype="uint8")
     h, w = image.shape[:2]
     f = codec.model.downsampling_factor
+    padded_h, padded_w = -(-h // f) * f, -(-w // f) * f
     doc = {"model": codec.name, "architecture": codec.info.architecture, "N": codec.info.N, "M": codec.info.M,
            "device": codec.device.type, "parameters": parameter_counts(codec.model),
-           "kmacs_per_pixel": {k: v / 1e3 for k, v in
-                               macs_per_pixel(codec.model, -(-h // f) * f, -(-w // f) * f).items()},
+           "kmacs_per_pixel": {k: v / 1e3 for k, v in macs_per_pixel(codec.model, padded_h, padded_w).items()},
            **benchmark(codec, image, repeats=args.repeats), "environment": environment()}
+    lat = doc["latency_ms"]
+    pixels = padded_h * padded_w
+    doc["gmac_per_s"] = {d: doc["kmacs_per_pixel"][d] * 1e3 * pixels / 1e9 / (lat[d]["total"] / 1e3)
+                         for d in ("encode", "decode")}
     if args.json:
         _write_json(doc, args.json)
-    lat = doc["latency_ms"]
     print(f"{doc['model']} ({doc['architecture']} N={doc['N']} M={doc['M']}) on {doc['device']}, image {doc['image']}")
     print(f"parameters {doc['parameters']['total']:,}; kMAC/pixel encode {doc['kmacs_per_pixel']['encode']:.1f}, "
           f"decode {doc['kmacs_per_pixel']['decode']:.1f}")
@@ -211,6 +214,8 @@ def cmd_bench(args) -> None:
     print(f"{'ms (median)':12s}" + "".join(f"{s:>16s}" for s in stages))
     for d in ("encode", "decode"):
         print(f"{d:12s}" + "".join(f"{lat[d].get(s, 0.0):16.2f}" for s in stages))
+    print(f"fast path: {doc['fast_path']['summary']}; arithmetic rate (MACs / total time) encode "
+          f"{doc['gmac_per_s']['encode']:.1f} GMAC/s, decode {doc['gmac_per_s']['decode']:.1f} GMAC/s")
     energy = doc.get("energy_j_per_image")
     print(f"throughput: encode {doc['encode_mpixel_per_s']:.2f} MP/s, decode {doc['decode_mpixel_per_s']:.2f} MP/s; "
           f"peak memory {doc['peak_memory_mb']:.0f} MB ({doc['peak_memory_kind']}); energy "

@@ -6,9 +6,36 @@ another summation order) and a CPU differ in the last bits, and a scale that lan
 side of a scale-table boundary makes a file undecodable elsewhere (the lane checks catch it; the
 file is still lost). CompressAI has this problem.
 
-Here ``h_s`` (Conv2d / ConvTranspose2d / ReLU / LeakyReLU layers) runs in float64 on a
-fixed-point grid where every operation is exact, so any summation order on any device gives the
-same bits:
+Here ``h_s`` (Conv2d / ConvTranspose2d / ReLU / LeakyReLU layers) runs on integer grids where
+every sum is exact, so any summation order on any device gives the same bits. Two versions, the
+one a file was coded with recorded in its header (``rans1b+x<version>``); new files use version 2.
+
+**Version 2** (``EXACT_VERSION``): 8-bit weights, 11-bit activations, float32 GEMMs.
+
+* each output channel's weights are rounded to a power-of-two step with |w| <= 127 steps; each
+  layer's input is rounded, per image, to the power-of-two step that puts its largest value at
+  <= 1023 steps (the scale is a function of the image's exact values, so it is the same
+  everywhere);
+* the reduction of every output is split, once per layer from the weights, into blocks whose
+  sum of |w| times 1023 stays below 2^24: each block is one float32 GEMM whose every partial sum
+  is an integer below 2^24, exact in float32 (and in TF32, whose significand holds these
+  integers) whatever the order or blocking; blocks are added in float64, exactly;
+* the integer sum times the two steps (powers of two: exact) plus the bias is rounded once to
+  float64, then to float32; LeakyReLU is one float32 multiplication. Every step is an exactly
+  rounded IEEE operation, so every device gets the same bits.
+
+Measured against version 1 (2-vCPU AVX2 CPU, Kodak, N=64/M=192 mbt2018-mean): the rate of y
+moves by -0.11 % to +0.10 % per image (four images at q1/q3/q8, a trained variable-rate
+student); h_s takes 59-61 ms per image against 79-81 ms (float32 GEMMs instead of float64, but
+im2col and the float64 block sums remain; a transposed convolution runs as one ordinary
+convolution per output phase, without col2im), and a GPU needs no float64 for it. The image is
+not tiled (the activation steps are per image, over a whole layer): each layer holds its float32
+input, its integers and its output at once, and its GEMMs run over blocks of output rows, so the
+scratch stays under ~V2_BLOCK_BYTES (24 MP decode: 1.74 GB peak RSS for the whole codec).
+Where float32 GEMMs are not exact (a bf16 "fast" matmul mode), the same sums run as float64
+GEMMs: ``float32_gemm_is_exact`` checks a worst case at every evaluation.
+
+**Version 1** (files coded before version 2; still decoded): float64 on a fixed point grid:
 
 * weights are rounded to multiples of 2^-WEIGHT_BITS, activations (the input included) to
   multiples of 2^-ACT_BITS, biases to the product grid 2^-(ACT_BITS + WEIGHT_BITS);
@@ -36,8 +63,10 @@ from torch import Tensor, nn
 ACT_BITS = 14
 WEIGHT_BITS = 18
 _MANTISSA_BITS = 53
-#: version recorded in .lkd files (with the coder id): files depend on this exact arithmetic
-EXACT_VERSION = 1
+#: the arithmetic new .lkd files are coded with (recorded in their coder id)
+EXACT_VERSION = 2
+#: every version this lickd decodes
+EXACT_VERSIONS = (1, 2)
 
 
 def _to_grid(v: Tensor, bits: int) -> Tensor:
@@ -98,15 +127,25 @@ def _supported(m: nn.Module) -> bool:
     return False
 
 
-def exact_sequential(seq: nn.Sequential, x: Tensor) -> Tensor:
-    """``seq(x)`` in exact fixed-point float64 (see the module doc); returns float64.
+def exact_sequential(seq: nn.Sequential, x: Tensor, version: int = EXACT_VERSION) -> Tensor:
+    """``seq(x)`` in the exact arithmetic ``version`` (see the module doc): float64 for version
+    1, float32 for version 2.
 
-    Raises TypeError for layers other than Conv2d, ConvTranspose2d, ReLU and LeakyReLU.
+    Raises TypeError for layers other than Conv2d, ConvTranspose2d, ReLU and LeakyReLU, and
+    ValueError for a version this lickd does not know.
     """
-    layers = list(seq)
-    for m in layers:
+    for m in seq:
         if not _supported(m):
             raise TypeError(f"exact evaluation does not support {type(m).__name__}")
+    if version == 2:
+        return _exact_v2(seq, x)
+    if version == 1:
+        return _exact_v1(seq, x)
+    raise ValueError(f"unknown exact arithmetic version {version} (this lickd knows {EXACT_VERSIONS})")
+
+
+def _exact_v1(seq: nn.Sequential, x: Tensor) -> Tensor:
+    layers = list(seq)
     cache = seq.__dict__.setdefault("_lickd_exact_cache", {})
     key = (x.device, tuple((p.data_ptr(), p._version) for p in seq.parameters()))
     if cache.get("key") != key:
@@ -122,14 +161,207 @@ def exact_sequential(seq: nn.Sequential, x: Tensor) -> Tensor:
     return v
 
 
+# ---------------------------------------------------------------------------- version 2
+#: |w| per output channel, in its power-of-two step (8-bit integers)
+V2_WEIGHT_MAX = 127
+#: |a| per layer input and image, in its power-of-two step (11-bit integers)
+V2_ACT_MAX = 1023
+#: partial sums below this are integers float32 (and TF32) hold exactly
+_F32_EXACT = 2**24
+#: bytes of one GEMM block's unfolded input or output (output rows are processed in blocks)
+V2_BLOCK_BYTES = 32 << 20
+
+
+def _pow2_steps(maximum: Tensor, limit: int) -> Tensor:
+    """Per element, the power of two s with maximum / s <= limit, the smallest but for rounding
+    (1 where maximum is 0); float64, built from the exponent's bits (no pow or ldexp, whose
+    device implementations need not be exact)."""
+    mantissa, exponent = torch.frexp(maximum.double() / limit)  # = mantissa * 2^exponent
+    exponent = torch.where(mantissa == 0.5, exponent - 1, exponent).long().clamp_(-1022, 1023)
+    steps = ((exponent + 1023) << 52).view(torch.float64)
+    return torch.where(maximum > 0, steps, torch.ones_like(steps))
+
+
+def _blocks(matrix: Tensor) -> list[tuple[int, int]]:
+    """Consecutive column ranges of the integer ``matrix`` [rows, K] within which every row's sum
+    of |w| times V2_ACT_MAX stays below 2^24: the reduction blocks of one layer."""
+    import numpy as np
+
+    mags = matrix.abs().cpu().numpy()
+    budget = (_F32_EXACT - 1) // V2_ACT_MAX
+    blocks, start, acc = [], 0, np.zeros(mags.shape[0])
+    for k in range(mags.shape[1]):
+        if (acc + mags[:, k] > budget).any():
+            blocks.append((start, k))
+            start, acc = k, np.zeros(mags.shape[0])
+        acc += mags[:, k]
+    blocks.append((start, mags.shape[1]))
+    return blocks
+
+
+def _split(matrix: Tensor) -> list[tuple[int, int, Tensor]]:
+    """The integer ``matrix`` [Cout, K] as its reduction blocks (k0, k1, float32 columns)."""
+    return [(k0, k1, matrix[:, k0:k1].float().contiguous()) for k0, k1 in _blocks(matrix)]
+
+
+def _gemm(blocks: list, cols: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """matrix @ cols ([B, K, L] float32 integers) in float64, exact: one GEMM per block and image
+    in ``dtype`` (float32; float64 where float32 GEMMs are not exact here), added in float64."""
+    acc = torch.empty(cols.size(0), blocks[0][2].size(0), cols.size(2), dtype=torch.float64, device=cols.device)
+    for b in range(cols.size(0)):
+        for j, (k0, k1, w) in enumerate(blocks):
+            part = torch.mm(w.to(dtype), cols[b, k0:k1].to(dtype))
+            if j == 0:
+                acc[b].copy_(part)
+            else:
+                acc[b].add_(part)
+    return acc
+
+
+def float32_gemm_is_exact(device: torch.device) -> bool:
+    """Whether float32 GEMMs here give exact sums of 8-bit x 11-bit integers below 2^24 (false
+    where a reduced-precision mode rounds the inputs, e.g. bf16 via
+    ``torch.backends.mkldnn.matmul.fp32_precision`` or oneDNN's default fpmath mode; TF32 holds
+    these integers). A worst-case product, checked at every evaluation: it costs microseconds."""
+    w = torch.full((64, 128), 127.0, device=device)
+    w[:, 1::2] = 125.0
+    a = torch.full((128, 64), 1021.0, device=device)
+    a[::3] = 1023.0
+    return torch.equal(torch.mm(w, a).double(), torch.mm(w.double(), a.double()))
+
+
+class _LayerV2:
+    """One conv layer's integer weights, their steps, its reduction blocks and its bias. A
+    transposed convolution of stride s runs as s*s ordinary convolutions, one per output phase
+    (the outputs o with (o + padding) mod s = q see only the taps q, q + s, ...): the same sums,
+    without col2im."""
+
+    def __init__(self, m: nn.Module, device: torch.device):
+        w = m.weight.detach().to(device, torch.float64)
+        self.transposed = isinstance(m, nn.ConvTranspose2d)
+        out_dim = 1 if self.transposed else 0
+        other = tuple(d for d in range(4) if d != out_dim)
+        self.w_steps = _pow2_steps(w.abs().amax(dim=other), V2_WEIGHT_MAX)  # [Cout]
+        shape = [1, 1, 1, 1]
+        shape[out_dim] = -1
+        w_int = torch.clamp(torch.round(w / self.w_steps.view(shape)), -V2_WEIGHT_MAX, V2_WEIGHT_MAX)
+        self.bias = m.bias.detach().to(device, torch.float64) if m.bias is not None else torch.zeros(
+            m.out_channels, dtype=torch.float64, device=device)
+        self.out_channels = m.out_channels
+        self.stride, self.padding, self.kernel_size = m.stride, m.padding, m.kernel_size
+        self.output_padding = getattr(m, "output_padding", (0, 0))
+        if not self.transposed:  # [Cout, Cin, kh, kw] -> [Cout, Cin*kh*kw], unfold's order
+            self.blocks = _split(w_int.reshape(w_int.size(0), -1))
+            return
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        self.phases = []
+        for qh in range(sh):
+            for qw in range(sw):
+                taps_h, taps_w = list(range(qh, kh, sh))[::-1], list(range(qw, kw, sw))[::-1]
+                if taps_h and taps_w:  # kernel[o, i, a, b] = w[i, o, taps_h[a], taps_w[b]]
+                    sub = w_int[:, :, taps_h][:, :, :, taps_w].permute(1, 0, 2, 3)
+                    self.phases.append((qh, qw, len(taps_h), len(taps_w), _split(sub.reshape(sub.size(0), -1))))
+
+    def _finish(self, sums: Tensor, a_steps: Tensor) -> Tensor:
+        """float32(sums * a_step * w_step + bias): the scaling exact (powers of two), the bias
+        added with one float64 rounding, then one rounding to float32."""
+        scale = a_steps.view(-1, 1, 1, 1) * self.w_steps.view(1, -1, 1, 1)
+        return (sums * scale + self.bias.view(1, -1, 1, 1)).float()
+
+    def __call__(self, a: Tensor, a_steps: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The layer's float32 output for ``a`` (float32 integers [B, Cin, H, W], their step per
+        image ``a_steps``), over blocks of rows of at most V2_BLOCK_BYTES, the GEMMs in ``dtype``."""
+        bsz, cin, h, w = a.shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        if not self.transposed:
+            oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+            out = torch.empty(bsz, self.out_channels, oh, ow, dtype=torch.float32, device=a.device)
+            self._conv(F.pad(a, (pw, pw, ph, ph)), self.blocks, (kh, kw), (sh, sw), (0, oh), (0, ow), a_steps,
+                       out, (0, 0), (1, 1), dtype)
+            return out
+        oh = (h - 1) * sh - 2 * ph + kh + self.output_padding[0]
+        ow = (w - 1) * sw - 2 * pw + kw + self.output_padding[1]
+        out = torch.empty(bsz, self.out_channels, oh, ow, dtype=torch.float32, device=a.device)
+        out.copy_(self._finish(torch.zeros(bsz, self.out_channels, 1, 1, dtype=torch.float64, device=a.device),
+                               a_steps).expand_as(out))  # outputs no tap reaches (none for k >= s)
+        for qh, qw, mh, mw, blocks in self.phases:
+            # this phase's outputs: o = s * n + q - p for n in [n0, n1], from inputs n - m
+            n0h, n1h = -((qh - ph) // sh), (oh - 1 + ph - qh) // sh
+            n0w, n1w = -((qw - pw) // sw), (ow - 1 + pw - qw) // sw
+            if n1h < n0h or n1w < n0w:
+                continue
+            padded = F.pad(a, (mw - 1, max(0, n1w + 1 - w), mh - 1, max(0, n1h + 1 - h)))
+            self._conv(padded, blocks, (mh, mw), (1, 1), (n0h, n1h + 1), (n0w, n1w + 1), a_steps, out,
+                       (qh - ph, qw - pw), (sh, sw), dtype)
+        return out
+
+    def _conv(self, padded, blocks, kernel, stride, rows, cols_range, a_steps, out, origin, step, dtype):
+        """Positions ``rows`` x ``cols_range`` of the correlation of ``padded`` with the blocks'
+        kernel, finished into ``out`` at ``origin + step * position``: a block of rows at a time."""
+        bsz, cin = padded.shape[:2]
+        (kh, kw), (sh, sw) = kernel, stride
+        c0, c1 = cols_range
+        n_cols = c1 - c0
+        per_row = max(1, 4 * cin * kh * kw * n_cols * bsz)
+        chunk = max(1, V2_BLOCK_BYTES // per_row)
+        for r0 in range(rows[0], rows[1], chunk):
+            r1 = min(rows[1], r0 + chunk)
+            band = padded[:, :, r0 * sh:(r1 - 1) * sh + kh, c0 * sw:(c1 - 1) * sw + kw]
+            cols = F.unfold(band, (kh, kw), stride=(sh, sw))  # [B, Cin*kh*kw, rows*cols]
+            sums = _gemm(blocks, cols, dtype).view(bsz, self.out_channels, r1 - r0, n_cols)
+            o_h, o_w = origin[0] + step[0] * r0, origin[1] + step[1] * c0
+            out[:, :, o_h:o_h + step[0] * (r1 - r0):step[0], o_w:o_w + step[1] * n_cols:step[1]] = \
+                self._finish(sums, a_steps)
+
+
+def _to_activation_grid(v: Tensor) -> tuple[Tensor, Tensor]:
+    """(integers as float32, their step per image [B]) of a layer input ``v`` (float32), a few
+    channels at a time (the division by a power of two and the rounding in float64: exact)."""
+    v = torch.nan_to_num(v.float(), nan=0.0)
+    steps = _pow2_steps(v.abs().amax(dim=(1, 2, 3)), V2_ACT_MAX)
+    ints = torch.empty_like(v)
+    per_channel = max(1, v[0, 0].numel() * v.size(0) * 8)
+    chunk = max(1, V2_BLOCK_BYTES // per_channel)
+    for c0 in range(0, v.size(1), chunk):
+        part = v[:, c0:c0 + chunk].double().div_(steps.view(-1, 1, 1, 1))
+        ints[:, c0:c0 + chunk] = part.round_().clamp_(-V2_ACT_MAX, V2_ACT_MAX)
+    return ints, steps
+
+
+def _exact_v2(seq: nn.Sequential, x: Tensor) -> Tensor:
+    layers = list(seq)
+    cache = seq.__dict__.setdefault("_lickd_exact_cache_v2", {})
+    key = (x.device, tuple((p.data_ptr(), p._version) for p in seq.parameters()))
+    if cache.get("key") != key:  # the layers first, then the key: another thread sees both or neither
+        built = {i: _LayerV2(m, x.device) for i, m in enumerate(layers)
+                 if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))}
+        cache["layers"], cache["key"] = built, key
+    compiled = cache["layers"]
+    dtype = torch.float32 if float32_gemm_is_exact(x.device) else torch.float64
+    one = torch.ones((), dtype=torch.float32, device=x.device)
+    v = x.detach().float().clone()  # changed in place below
+    for i, m in enumerate(layers):
+        if i in compiled:
+            ints, steps = _to_activation_grid(v)
+            del v  # only its integers are needed now
+            v = compiled[i](ints, steps, dtype)
+            del ints
+        elif isinstance(m, nn.ReLU):
+            v = F.relu_(v)
+        else:  # one float32 multiplication of the negative values (by 1 for the others: exact)
+            slope = torch.tensor(m.negative_slope, dtype=torch.float32, device=v.device)
+            v.mul_(torch.where(v < 0, slope, one))
+    return v
+
+
 class ExactSequential(nn.Module):
-    """A module whose forward is ``exact_sequential(seq, x)`` (so forward hooks, e.g. lickd bench's
-    stage timer, see it). It holds ``seq`` without registering it: its owner's ``state_dict`` and
-    parameters stay as they were."""
+    """A module whose forward is ``exact_sequential(seq, x, version)`` (so forward hooks, e.g.
+    lickd bench's stage timer, see it). It holds ``seq`` without registering it: its owner's
+    ``state_dict`` and parameters stay as they were."""
 
     def __init__(self, seq: nn.Sequential):
         super().__init__()
         self.__dict__["seq"] = seq
 
-    def forward(self, x: Tensor) -> Tensor:
-        return exact_sequential(self.seq, x)
+    def forward(self, x: Tensor, version: int = EXACT_VERSION) -> Tensor:
+        return exact_sequential(self.seq, x, version)

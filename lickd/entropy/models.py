@@ -21,6 +21,7 @@ from torch import Tensor
 from ..layers.ops import LowerBound
 from .cdf import pmf_to_quantized_cdf
 from .coder import TableSet, use_cuda_coder
+from .options import DEFAULT, CodingOptions
 
 DEFAULT_PRECISION = 15
 
@@ -140,8 +141,9 @@ class EntropyModel(nn.Module):
 
     # ------------------------------------------------------------------ coding
     def compress(self, inputs: Tensor, indexes: Tensor, means: Optional[Tensor] = None,
-                 **coder_options) -> list[bytes]:
-        """One stream per batch item for ``round(inputs - means)`` coded with tables ``indexes``."""
+                 options: CodingOptions = DEFAULT) -> list[bytes]:
+        """One stream per batch item for ``round(inputs - means)`` coded with tables ``indexes``
+        (stream format and coder settings from ``options``)."""
         if inputs.dim() < 2:
             raise ValueError("Invalid `inputs` size. Expected a tensor with at least 2 dimensions.")
         if inputs.size() != indexes.size():
@@ -149,26 +151,30 @@ class EntropyModel(nn.Module):
         tables = self.tables
         symbols = self.quantize(inputs, "symbols", means)
         if symbols.is_cuda and use_cuda_coder():  # the symbols never leave the GPU
-            options = {k: v for k, v in coder_options.items() if k != "threads"}
-            return tables.encode_cuda(list(symbols.unbind(0)), list(indexes.unbind(0)), **options)
-        return [tables.encode(symbols[i], indexes[i], **coder_options) for i in range(symbols.size(0))]
+            return tables.encode_cuda(list(symbols.unbind(0)), list(indexes.unbind(0)),
+                                      **options.encoder_kwargs(cuda=True))
+        kw = options.encoder_kwargs()
+        return [tables.encode(symbols[i], indexes[i], **kw) for i in range(symbols.size(0))]
 
-    def decompress_symbols(self, strings: Sequence[bytes], indexes: Tensor, bare: bool = False) -> Tensor:
-        """The int32 symbols of each stream (on the device of ``indexes``); ``bare``: the streams
-        were coded with ``bare=True`` (inside a container)."""
+    def decompress_symbols(self, strings: Sequence[bytes], indexes: Tensor,
+                           options: CodingOptions = DEFAULT) -> Tensor:
+        """The int32 symbols of each stream (on the device of ``indexes``), coded with ``options``
+        (``options.bare``: streams without their own header, as a container holds them)."""
         if not isinstance(strings, (tuple, list)) or len(strings) != indexes.size(0):
             raise ValueError("Invalid strings or indexes parameters")
         tables = self.tables
         if indexes.is_cuda and use_cuda_coder():  # the symbols never leave the GPU
-            return torch.stack(tables.decode_cuda(list(strings), list(indexes.unbind(0)), bare=bare))
-        symbols = torch.stack([tables.decode(s, indexes[i], bare=bare) for i, s in enumerate(strings)])
+            return torch.stack(tables.decode_cuda(list(strings), list(indexes.unbind(0)),
+                                                  **options.decoder_kwargs(cuda=True)))
+        kw = options.decoder_kwargs()
+        symbols = torch.stack([tables.decode(s, indexes[i], **kw) for i, s in enumerate(strings)])
         return symbols.to(indexes.device)
 
     def decompress(self, strings: Sequence[bytes], indexes: Tensor, dtype: torch.dtype = torch.float,
-                   means: Optional[Tensor] = None, bare: bool = False) -> Tensor:
+                   means: Optional[Tensor] = None, options: CodingOptions = DEFAULT) -> Tensor:
         if indexes.dim() < 2:
             raise ValueError("Invalid `indexes` size. Expected a tensor with at least 2 dimensions.")
-        return self.dequantize(self.decompress_symbols(strings, indexes, bare), means, dtype)
+        return self.dequantize(self.decompress_symbols(strings, indexes, options), means, dtype)
 
 
 class EntropyBottleneck(EntropyModel):
@@ -283,16 +289,17 @@ class EntropyBottleneck(EntropyModel):
         medians = self._get_medians().detach().reshape(1, -1, *([1] * spatial_dims))
         return medians.expand(batch, -1, *([1] * spatial_dims))
 
-    def compress(self, x: Tensor, **coder_options) -> list[bytes]:
+    def compress(self, x: Tensor, options: CodingOptions = DEFAULT) -> list[bytes]:
         indexes = self._build_indexes(x.size(), x.device)
         medians = self.expanded_medians(x.size(0), x.dim() - 2)
-        return super().compress(x, indexes, medians, **coder_options)
+        return super().compress(x, indexes, medians, options)
 
-    def decompress(self, strings: Sequence[bytes], size: Sequence[int], bare: bool = False) -> Tensor:
+    def decompress(self, strings: Sequence[bytes], size: Sequence[int],
+                   options: CodingOptions = DEFAULT) -> Tensor:
         device = self.quantiles.device
         indexes = self._build_indexes(torch.Size((len(strings), self.channels, *size)), device)
         medians = self.expanded_medians(len(strings), len(size))
-        return super().decompress(strings, indexes, medians.dtype, medians, bare=bare)
+        return super().decompress(strings, indexes, medians.dtype, medians, options)
 
 
 class GaussianConditional(EntropyModel):
@@ -360,6 +367,6 @@ class GaussianConditional(EntropyModel):
 
     def build_indexes(self, scales: Tensor) -> Tensor:
         """Index of the smallest table scale >= each (lower-bounded) scale: CompressAI's rule."""
-        scales = self.lower_bound_scale(scales)
+        scales = self.lower_bound_scale(scales).contiguous()  # bucketize wants logical order
         boundaries = self.scale_table[:-1].to(scales.dtype).contiguous()
         return torch.bucketize(scales, boundaries, right=False).int()

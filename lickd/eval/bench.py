@@ -56,11 +56,12 @@ def macs_per_pixel(model, height: int, width: int) -> dict:
 
 @contextlib.contextmanager
 def stage_timer(model, sync):
-    """Accumulates the wall time of each transform's forward into the yielded dict."""
+    """Accumulates the wall time of each transform's forward into the yielded dict; h_s is the
+    exact one where the model has it (what .lkd coding runs)."""
     times, starts, handles = defaultdict(float), {}, []
     stages = [(name, getattr(model, name, None)) for name in STAGES]
-    if getattr(model, "entropy_parameters", "float") == "exact" and hasattr(model, "exact_h_s"):
-        stages.append(("h_s", model.exact_h_s))  # coding runs h_s exactly
+    if hasattr(model, "exact_h_s"):
+        stages.append(("h_s", model.exact_h_s))
     for name, module in stages:
         if module is None:
             continue
@@ -147,6 +148,19 @@ def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS (ru_maxrss)"
 
 
+def fast_path(codec) -> dict:
+    """What a codec's transforms run with: memory format, glibc allocator retention (CPU), threads."""
+    from ..cpu import retention_applied
+
+    w = codec.model.g_a[0].weight
+    layout = "channels_last" if w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() \
+        else "contiguous"
+    retained = retention_applied() if codec.device.type == "cpu" else None
+    threads = torch.get_num_threads()
+    return {"layout": layout, "malloc_retention": retained, "threads": threads,
+            "summary": f"{layout}, {threads} threads" + (", glibc malloc retention" if retained else "")}
+
+
 def benchmark(codec, image: np.ndarray, repeats: int = 10, warmup: int = 2) -> dict:
     """Median per-stage latency of compress and decompress of ``image`` with ``codec``."""
     device, model = codec.device, codec.model
@@ -185,6 +199,7 @@ def benchmark(codec, image: np.ndarray, repeats: int = 10, warmup: int = 2) -> d
         out[f"{d}_images_per_s"] = 1e3 / ms
         out[f"{d}_mpixel_per_s"] = h * w / 1e3 / ms
     out["peak_memory_mb"], out["peak_memory_kind"] = _peak_memory_mb(device)
+    out["fast_path"] = fast_path(codec)
     if energy.handle:
         used = energy.joules() - e0
         out["energy_j_per_image"] = (used - idle * elapsed) / repeats  # one encode + one decode each

@@ -7,6 +7,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..entropy import EntropyBottleneck, GaussianConditional, get_scale_table
+from ..entropy.options import DEFAULT, CodingOptions
 
 #: architecture name (CompressAI's zoo key) -> model class
 ARCHITECTURES: dict[str, type["CompressionModel"]] = {}
@@ -26,16 +27,14 @@ class CompressionModel(nn.Module):
     Subclasses follow CompressAI's contract: ``forward(x) -> {"x_hat", "likelihoods"}`` (plus
     ``"latents"``: the continuous y and z, what distillation matches),
     ``compress(x) -> {"strings", "shape"}``, ``decompress(strings, shape) -> {"x_hat"}``,
-    plus ``decode_latents(strings, shape, bare=False)`` that returns the quantised latents by name
-    (``bare``: streams coded with ``compress(x, bare=True)``, as .lkd files hold them).
+    plus ``decode_latents(strings, shape)`` that returns the quantised latents by name. Coding
+    methods take ``options`` (lickd.entropy.options.CodingOptions): CompressAI's float entropy
+    parameters and self-describing streams by default, what .lkd files hold with ``LKD_FILE_OPTIONS``.
     """
 
     architecture: str = ""
     #: names of the coded latents, in the order of ``compress()["strings"]``
     latent_names: tuple[str, ...] = ()
-    #: how compress/decompress derive entropy parameters from z_hat: "float" (CompressAI's,
-    #: bit-exact with it) or "exact" (lickd.entropy.exact: the same on every device; .lkd files)
-    entropy_parameters: str = "float"
     N: int
     M: int
 
@@ -86,6 +85,6 @@ class CompressionModel(nn.Module):
         """The reconstruction from the quantised latent y_hat."""
         return self.g_s(y_hat)
 
-    def decompress(self, strings: list, shape, quality=None) -> dict:
-        y_hat = self.decode_latents(strings, shape)["y"]
+    def decompress(self, strings: list, shape, quality=None, options: CodingOptions = DEFAULT) -> dict:
+        y_hat = self.decode_latents(strings, shape, options)["y"]
         return {"x_hat": self.synthesis(y_hat, quality).clamp_(0, 1)}

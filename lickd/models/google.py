@@ -14,6 +14,7 @@ import torch.nn as nn
 from .. import tiling
 from ..entropy import EntropyBottleneck, GaussianConditional
 from ..entropy.exact import ExactSequential
+from ..entropy.options import DEFAULT, CodingOptions
 from ..layers import GDN, conv, deconv
 from .base import CompressionModel, register_architecture
 
@@ -74,15 +75,15 @@ class FactorizedPrior(CompressionModel):
         y_hat = y_hat if y_ste is None else y_ste
         return {"x_hat": self.synthesis(y_hat, quality), "likelihoods": {"y": y_likelihoods}, "latents": {"y": y}}
 
-    def compress(self, x, quality=None, *, y=None, **coder_options):
+    def compress(self, x, quality=None, *, y=None, options: CodingOptions = DEFAULT):
         """``y``: the latent of ``x`` when the caller computed it (over tiles: lickd.tiling)."""
         y = self.analysis(x, quality) if y is None else y
-        return {"strings": [self.entropy_bottleneck.compress(y, **coder_options)], "shape": y.size()[-2:]}
+        return {"strings": [self.entropy_bottleneck.compress(y, options)], "shape": y.size()[-2:]}
 
-    def decode_latents(self, strings, shape, bare: bool = False):
+    def decode_latents(self, strings, shape, options: CodingOptions = DEFAULT):
         if not isinstance(strings, (list, tuple)) or len(strings) != 1:
             raise ValueError("FactorizedPrior expects [y_strings]")
-        return {"y": self.entropy_bottleneck.decompress(strings[0], shape, bare=bare)}
+        return {"y": self.entropy_bottleneck.decompress(strings[0], shape, options)}
 
 
 @register_architecture("bmshj2018-hyperprior")
@@ -124,12 +125,12 @@ class ScaleHyperprior(CompressionModel):
     def _gaussian_params(self, z_hat):
         return self._split_params(self.h_s(z_hat))
 
-    def _coding_params(self, z_hat):
-        """(scales, means) for coding: with ``entropy_parameters == "exact"`` (what lickd's files
-        use) h_s runs in exact fixed point, so every device derives the same CDF indexes;
-        otherwise CompressAI's float path."""
-        if self.entropy_parameters == "exact":
-            return self._split_params(tiling.exact_hyper_synthesis(self, z_hat))  # bit-identical, less memory
+    def _coding_params(self, z_hat, options: CodingOptions = DEFAULT):
+        """(scales, means) for coding: with ``options.exact`` (what lickd's files use) h_s runs in
+        exact fixed point, so every device derives the same CDF indexes; otherwise CompressAI's
+        float path."""
+        if options.exact:  # bit-identical to the whole pass, in bounded memory
+            return self._split_params(tiling.exact_hyper_synthesis(self, z_hat, version=options.exact_version))
         return self._gaussian_params(z_hat)
 
     @property
@@ -155,26 +156,27 @@ class ScaleHyperprior(CompressionModel):
         return {"x_hat": self.synthesis(y_hat, quality), "likelihoods": {"y": y_likelihoods, "z": z_likelihoods},
                 "latents": {"y": y, "z": z}}
 
-    def compress(self, x, quality=None, *, y=None, **coder_options):
+    def compress(self, x, quality=None, *, y=None, options: CodingOptions = DEFAULT):
         """``y``: the latent of ``x`` when the caller computed it (over tiles: lickd.tiling)."""
         y = self.analysis(x, quality) if y is None else y
         z = self._hyper_analysis(y)
-        z_strings = self.entropy_bottleneck.compress(z, **coder_options)
+        z_strings = self.entropy_bottleneck.compress(z, options)
         # The decoder's z_hat, computed without decoding: round(z - median) + median.
         z_hat = self.entropy_bottleneck.quantize(
             z, "dequantize", self.entropy_bottleneck.expanded_medians(z.size(0), 2))
-        scales_hat, means_hat = self._coding_params(z_hat)
+        scales_hat, means_hat = self._coding_params(z_hat, options)
         indexes = self.gaussian_conditional.build_indexes(scales_hat)
-        y_strings = self.gaussian_conditional.compress(y, indexes, means=means_hat, **coder_options)
+        y_strings = self.gaussian_conditional.compress(y, indexes, means=means_hat, options=options)
         return {"strings": [y_strings, z_strings], "shape": z.size()[-2:]}
 
-    def decode_latents(self, strings, shape, bare: bool = False):
+    def decode_latents(self, strings, shape, options: CodingOptions = DEFAULT):
         if not isinstance(strings, (list, tuple)) or len(strings) != 2:
             raise ValueError(f"{type(self).__name__} expects [y_strings, z_strings]")
-        z_hat = self.entropy_bottleneck.decompress(strings[1], shape, bare=bare)
-        scales_hat, means_hat = self._coding_params(z_hat)
+        z_hat = self.entropy_bottleneck.decompress(strings[1], shape, options)
+        scales_hat, means_hat = self._coding_params(z_hat, options)
         indexes = self.gaussian_conditional.build_indexes(scales_hat)
-        y_hat = self.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype, means=means_hat, bare=bare)
+        y_hat = self.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype, means=means_hat,
+                                                     options=options)
         return {"y": y_hat, "z": z_hat}
 
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from .. import zoo
 from ..accelerate import accelerate
-from ..cpu import resolve_amp
+from ..cpu import resolve_amp, retain_freed_memory
 from ..models import CompressionModel, build_model, quality_lambda
 from ..models.variable_rate import QUALITY_LEVELS
 from ..provenance import environment
@@ -42,6 +42,8 @@ class Trainer:
         self.dist = World.join(cfg.device)
         self.world, self.rank, self.device, self.is_main = self.dist.size, self.dist.rank, self.dist.device, self.dist.is_main
         self.amp = resolve_amp(cfg.amp, self.device.type)
+        if self.device.type == "cpu":
+            retain_freed_memory()  # each step reallocates the same activations (lickd.cpu)
         self.run_dir = Path(cfg.run_dir)
         self.progress = progress and self.is_main
         self.stop_requested = False
@@ -162,7 +164,7 @@ class Trainer:
         x = self.sampler.next()
         # A variable-rate model trains every quality at once: one drawn per crop, with its lambda.
         quality = self.sampler.qualities(QUALITY_LEVELS).to(self.device) if self.variable_rate else None
-        lmbda = quality_lambda(quality).float() if quality is not None else None
+        lmbda = _lambdas(quality)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         targets = self._teacher_targets(x, quality)
@@ -216,8 +218,7 @@ class Trainer:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), torch.no_grad():
             torch.manual_seed(PROBE_SEED)
             out = self.model(x, quality, self.cfg.quantization)
-            lmbda = quality_lambda(quality).float() if quality is not None else None
-            return float(rd(out, x, lmbda=lmbda)["rd"])
+            return float(rd(out, x, lmbda=_lambdas(quality))["rd"])
 
     def save_checkpoint(self) -> None:
         """Rank 0: one file with the weights, the optimisers (as ``optimizer_state`` says), the
@@ -420,3 +421,6 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def _lambdas(quality: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Each crop's lambda in the loss (variable-rate models; None: the config's one lambda)."""
+    return quality_lambda(quality).float() if quality is not None else None

@@ -1,0 +1,101 @@
+"""The CPU fast path (docs/architecture.md): blocked channels_last GDN, the memory format the
+codec runs in, and glibc's allocator retention. Each against the PyTorch reference."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lickd import StudentCodec, zoo
+from lickd.codec import CPU_LAYOUT
+from lickd.layers import GDN
+from lickd.layers import gdn as gdn_module
+from lickd.layers.gdn import gdn_channels_last
+from lickd.models import build_model
+
+
+def _random_gdn(c, inverse, rng):
+    g = GDN(c, inverse=inverse)
+    with torch.no_grad():  # a trained-looking normalisation: positive, not the identity
+        g.beta.copy_(g.beta_reparam.init(torch.from_numpy(rng.uniform(0.5, 2.0, c)).float()))
+        gamma = torch.from_numpy(rng.uniform(0, 0.2, (c, c))).float() + 0.1 * torch.eye(c)
+        g.gamma.copy_(g.gamma_reparam.init(gamma))
+    return g
+
+
+def _reference64(g, x):
+    """GDN in float64, written from the formula (not from lickd's code)."""
+    beta, gamma = (t.double() for t in g.effective_params())
+    x = x.double()
+    norm = beta.view(1, -1, 1, 1) + torch.einsum("ij,bjhw->bihw", gamma, x * x)
+    return x * norm.sqrt() if g.inverse else x / norm.sqrt()
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize("shape,block", [((1, 64, 37, 23), 4096), ((2, 24, 16, 40), 100), ((1, 3, 1, 7), 2)])
+def test_blocked_gdn_matches_float64(inverse, shape, block, rng):
+    g = _random_gdn(shape[1], inverse, rng)
+    x = torch.from_numpy(rng.normal(0, 2, shape)).float().contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        beta, gamma = g.effective_params()
+        out = gdn_channels_last(x, beta, gamma, inverse, block=block)
+        through_module = g(x)  # takes the fast path: no grad, CPU, channels_last
+    ref = _reference64(g, x)
+    assert out.shape == x.shape and out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(out.double(), ref, rtol=2e-6, atol=1e-6), float((out.double() - ref).abs().max())
+    assert torch.equal(through_module, gdn_channels_last(x, beta, gamma, inverse))
+
+
+def test_gdn_keeps_the_reference_path_where_the_fast_one_does_not_apply(rng):
+    """With autograd on (training) or an NCHW input, GDN is the reference; gradients flow."""
+    g = _random_gdn(8, False, rng)
+    x = torch.from_numpy(rng.normal(0, 1, (1, 8, 5, 6))).float()
+    cl = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    y = g(cl)
+    y.sum().backward()
+    assert cl.grad is not None and g.gamma.grad is not None
+    with torch.no_grad():
+        assert torch.allclose(g(x).double(), _reference64(g, x), rtol=2e-6, atol=1e-6)
+
+
+def test_codec_runs_its_cpu_transforms_channels_last_and_decodes_what_the_reference_decodes(rng, monkeypatch):
+    torch.manual_seed(0)
+    model = build_model("mbt2018-mean", 8, 12).eval()
+    model.update(force=True)
+    reference = build_model("mbt2018-mean", 8, 12).eval()
+    reference.load_state_dict(model.state_dict())
+    codec = StudentCodec(model, zoo.ModelInfo(name="t", architecture="mbt2018-mean", N=8, M=12), device="cpu")
+    assert all(m.weight.is_contiguous(memory_format=CPU_LAYOUT) for m in codec.model.modules()
+               if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) and m.weight.size(1) > 1)
+    img = rng.integers(0, 256, (64, 96, 3), dtype="uint8")
+    data = codec.compress(img)
+    _, latents = codec.decode_latents(data)
+    calls = []
+    real = gdn_module.gdn_channels_last
+    monkeypatch.setattr(gdn_module, "gdn_channels_last", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    out = codec.decompress(data, output="tensor")
+    assert len(calls) == 3  # every IGDN of g_s took the fast path
+    with torch.no_grad():  # the NCHW reference transforms on the decoded latents
+        ref = reference.g_s(latents["y"].contiguous()).clamp(0, 1)[0, :, :64, :96]
+    assert torch.allclose(out, torch.round(ref * 255) / 255, atol=1.5 / 255)
+
+
+def test_allocator_settings_fit_a_c_int():
+    from lickd.cpu import MALLOPT_SETTINGS
+    assert all(-2**31 <= v < 2**31 for pair in MALLOPT_SETTINGS for v in pair)
+
+
+def test_allocator_retention_applies_once_and_can_be_turned_off(tmp_path):
+    code = "from lickd.cpu import retain_freed_memory as r; print(r(), r())"
+    env = {k: v for k, v in os.environ.items() if k != "LICKD_MALLOC"}
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                        timeout=120)
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**env, "LICKD_MALLOC": "system"}, cwd=tmp_path, timeout=120)
+    assert off.stdout.split() == ["False", "False"], off.stderr
+    try:
+        glibc = sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION") is not None
+    except (ValueError, OSError):
+        glibc = False
+    assert on.stdout.split() == (["True", "True"] if glibc else ["False", "False"]), on.stderr
