@@ -20,9 +20,10 @@ For the Ballé-family transforms (four 5x5 layers of stride 2, padding 2):
 
 What is equal: the exact h_s is bit-identical tiled or not, whatever the tile size, since every
 sum it forms is exact (version 1 runs over tiles of z; version 2, whose activation steps are per
-image, runs whole with its GEMMs over blocks of rows). The float transforms compute every kept output from the same
-inputs with the same weights in the same memory format; only the convolution library's choice of
-algorithm for another tensor shape can change the summation order. Measured on this project's
+image, runs whole with its GEMMs over blocks of rows). The float transforms compute every kept
+output from the same inputs with the same weights in the same memory format; only the
+convolution library's choice of algorithm for another tensor shape can change the summation
+order. Measured on this project's
 AVX2 CPU: g_a bit-identical, g_s within 3e-8 (N=64, M=192, 512-pixel tiles); see
 tests/test_tiling.py for what is asserted.
 """

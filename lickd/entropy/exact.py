@@ -144,14 +144,22 @@ def exact_sequential(seq: nn.Sequential, x: Tensor, version: int = EXACT_VERSION
     raise ValueError(f"unknown exact arithmetic version {version} (this lickd knows {EXACT_VERSIONS})")
 
 
+def _compiled(seq: nn.Sequential, device: torch.device, attr: str, layer_cls) -> dict:
+    """``layer_cls`` of each conv layer of ``seq`` by index, built once per device and weights
+    and cached in ``seq.__dict__[attr]`` (not a submodule: the state_dict is unchanged). The
+    layers are stored before the key, so a thread that sees the key sees its layers."""
+    cache = seq.__dict__.setdefault(attr, {})
+    key = (device, tuple((p.data_ptr(), p._version) for p in seq.parameters()))
+    if cache.get("key") != key:
+        cache["layers"] = {i: layer_cls(m, device) for i, m in enumerate(seq)
+                           if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))}
+        cache["key"] = key
+    return cache["layers"]
+
+
 def _exact_v1(seq: nn.Sequential, x: Tensor) -> Tensor:
     layers = list(seq)
-    cache = seq.__dict__.setdefault("_lickd_exact_cache", {})
-    key = (x.device, tuple((p.data_ptr(), p._version) for p in seq.parameters()))
-    if cache.get("key") != key:
-        cache["key"], cache["layers"] = key, {i: _Layer(m, x.device) for i, m in enumerate(layers)
-                                              if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))}
-    compiled = cache["layers"]
+    compiled = _compiled(seq, x.device, "_lickd_exact_cache", _Layer)
     v = x.detach().to(torch.float64)
     for i, m in enumerate(layers):
         if i in compiled:  # every conv input goes onto the activation grid first
@@ -330,13 +338,7 @@ def _to_activation_grid(v: Tensor) -> tuple[Tensor, Tensor]:
 
 def _exact_v2(seq: nn.Sequential, x: Tensor) -> Tensor:
     layers = list(seq)
-    cache = seq.__dict__.setdefault("_lickd_exact_cache_v2", {})
-    key = (x.device, tuple((p.data_ptr(), p._version) for p in seq.parameters()))
-    if cache.get("key") != key:  # the layers first, then the key: another thread sees both or neither
-        built = {i: _LayerV2(m, x.device) for i, m in enumerate(layers)
-                 if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))}
-        cache["layers"], cache["key"] = built, key
-    compiled = cache["layers"]
+    compiled = _compiled(seq, x.device, "_lickd_exact_cache_v2", _LayerV2)
     dtype = torch.float32 if float32_gemm_is_exact(x.device) else torch.float64
     one = torch.ones((), dtype=torch.float32, device=x.device)
     v = x.detach().float().clone()  # changed in place below

@@ -6,8 +6,8 @@ model, so one model serves both modes at once:
 
 - ``CodingOptions()`` (the default): CompressAI's contract. Entropy parameters come from the
   float h_s, bit-exact with CompressAI's own models; every stream carries its own header.
-- ``LKD_FILE_OPTIONS``: what ``.lkd`` files hold. Entropy parameters come from the exact
-  fixed-point h_s (lickd.entropy.exact: the same CDF indexes on every device and thread count)
+- ``LKD_FILE_OPTIONS``: what ``.lkd`` files hold. Entropy parameters come from the exact h_s
+  (lickd.entropy.exact, ``exact_version``: the same CDF indexes on every device and thread count)
   and the streams are *bare*: without the magic, version, symbol count and table hash that the
   container already records (csrc/rans_format.h; docs/format.md).
 """
