@@ -147,12 +147,12 @@ def main(argv=None):
               f"{100 * r['median_s']['dec_coder'] / d:7.0f}% {r['median_s']['bytes']:9,.0f} {speed:>17s} "
               f"{1e3 * r['batched_s']['enc']:11.2f} / {1e3 * r['batched_s']['dec']:<10.2f}")
     print("stages, ms (h_s: CompressAI's float one, lickd's exact one; coder: the rest of the time)")
-    for label, ms, total in [("CompressAI 1.2.8", cai_stage_ms, med)] + [
-            (label, r["stage_ms"], r["median_s"]) for label, r in results.items()]:
-        enc_coder, dec_coder = (1e3 * total[k] for k in (("cai_enc_coder", "cai_dec_coder") if "cai_enc" in total
-                                                         else ("enc_coder", "dec_coder")))
-        print(f"  {label:28s} encode: {stage_text(ms['enc'], ('g_a', 'h_a', 'h_s'))} coder {enc_coder:.0f} | "
-              f"decode: {stage_text(ms['dec'], ('h_s',))} coder {dec_coder:.0f} {stage_text(ms['dec'], ('g_s',))}")
+    stage_rows = [("CompressAI 1.2.8", cai_stage_ms, med["cai_enc_coder"], med["cai_dec_coder"])] + [
+        (label, r["stage_ms"], r["median_s"]["enc_coder"], r["median_s"]["dec_coder"]) for label, r in results.items()]
+    for label, ms, enc_coder, dec_coder in stage_rows:
+        print(f"  {label:28s} encode: {stage_text(ms['enc'], ('g_a', 'h_a', 'h_s'))} coder {1e3 * enc_coder:.0f} | "
+              f"decode: {stage_text(ms['dec'], ('h_s',))} coder {1e3 * dec_coder:.0f} "
+              f"{stage_text(ms['dec'], ('g_s',))}")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device.type, "N": ours.N, "M": ours.M, "weights": weights_note,
                                                "images": [Path(p).name for p in images], "compressai": {
@@ -225,8 +225,7 @@ def memory_child(args, device, stage: str, megapixels: str, path: str) -> None:
         seconds = time.perf_counter() - t0
         w, h = out.size
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    f = codec.model.downsampling_factor
-    tile = codec.tile_for([-(-n // f) * f for n in (h, w)])  # at the padded size
+    tile = codec.tile_for(codec.padded_size((h, w)))
     print(json.dumps({"stage": stage, "megapixels": h * w / 1e6, "height": h, "width": w, "bytes": len(data),
                       "seconds": seconds, "mp_per_s": h * w / 1e6 / seconds, "peak_rss_mb": peak,
                       "idle_rss_mb": idle, "tile": tile, "threads": torch.get_num_threads(),

@@ -8,8 +8,11 @@
    variable-rate model; its own of a fixed-rate one), writes the ``lickd eval`` JSON beside the
    anchors, and compares every point with the committed JPEG anchor: JPEG's PSNR at the same bpp
    (interpolated in log-bpp; extrapolated linearly from its two lowest points below its range).
-   A model that does not beat JPEG at every quality it offers is refused (``--force`` ships it
-   anyway, for an experiment, never for a release).
+   A variable-rate model offers the qualities where it does (``--qualities auto``: the widest run
+   of consecutive qualities 1..8 that beat JPEG, at least two; or ``--qualities LOW-HIGH``, each
+   of which must): its weights file and registry entry record that range and the codec refuses
+   the others. A model that does not beat JPEG at every quality it offers is refused (``--force``
+   ships it anyway, for an experiment, never for a release).
 3. Times encode and decode on kodim23 (median of 5, this machine, all its cores).
 4. Copies the file to ``lickd/zoo/weights/NAME.safetensors`` and writes its registry entry:
    sha256, the measured Kodak curve, the per-image result for kodim01 at the default quality
@@ -28,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "kodak" / "amd-epyc-2vcpu"
@@ -48,6 +52,19 @@ def jpeg_psnr_at(bpp: float, anchor: dict) -> float:
         i = int(np.searchsorted(xs, x)) - 1
     t = (x - xs[i]) / (xs[i + 1] - xs[i])
     return float(ys[i] + t * (ys[i + 1] - ys[i]))
+
+
+def offered_range(qualities: list, margins: list, wanted: str) -> tuple[int, int] | None:
+    """The qualities to offer: ``wanted`` "LOW-HIGH", or "auto" for the widest run of consecutive
+    qualities whose margin over JPEG is positive (the lower one on a tie; at least two); None
+    when none qualifies."""
+    beats = {int(q) for q, m in zip(qualities, margins) if m > 0}
+    if wanted != "auto":
+        low, high = (int(v) for v in wanted.split("-"))
+        return (low, high) if all(q in beats for q in range(low, high + 1)) else None
+    runs = [(low, high) for low in sorted(beats) for high in sorted(beats)
+            if high > low and all(q in beats for q in range(low, high + 1))]
+    return max(runs, key=lambda r: (r[1] - r[0], -r[0])) if runs else None
 
 
 def time_codec(codec, img, quality, repeats=5) -> tuple[float, float]:
@@ -83,6 +100,7 @@ def main(argv=None) -> int:
     p.add_argument("--default", action="store_true", help="make it the model lickd encode uses")
     p.add_argument("--kodak", default=str(ROOT.parent / "shared" / "data" / "kodak"))
     p.add_argument("--force", action="store_true", help="ship even where it does not beat JPEG")
+    p.add_argument("--qualities", default="auto", help="variable rate: the qualities to offer, LOW-HIGH or auto")
     p.add_argument("--dry-run", action="store_true", help="measure and report, change nothing")
     p.add_argument("--limit", type=int, default=0, help="a smoke test on the first N images (implies --dry-run)")
     args = p.parse_args(argv)
@@ -125,12 +143,29 @@ def main(argv=None) -> int:
     margins = [psnr - jpeg_psnr_at(b, jpeg) for b, psnr in zip(r["bpp"], r["psnr-rgb"])]
     for q, b, psnr, m in zip(r["quality"], r["bpp"], r["psnr-rgb"], margins):
         print(f"q={q}: {b:.4f} bpp {psnr:.2f} dB, vs JPEG at that rate {m:+.2f} dB", file=sys.stderr)
-    beats = all(m > 0 for m in margins)
+    offered = None
+    if codec.variable_rate:
+        offered = offered_range(r["quality"], margins, args.qualities)
+        beats = offered is not None
+        if beats:
+            print(f"offers qualities {offered[0]}..{offered[1]}", file=sys.stderr)
+        if offered == (1, 8) or (not beats and args.force):
+            offered = None  # the whole range
+    else:
+        beats = all(m > 0 for m in margins)
     if not beats and not args.force:
-        print("refused: it does not beat JPEG at every quality it offers (--force to ship anyway)", file=sys.stderr)
+        print("refused: it does not beat JPEG at every quality it would offer (--force to ship anyway)",
+              file=sys.stderr)
         return 1
     if args.dry_run:
         return 0
+    if offered is not None:  # the same tensors, the range in the metadata
+        narrowed = export_run(args.run_dir, tmp / "offered.safetensors", half=True, name=args.name, qualities=offered)
+        a, b = load_file(str(narrowed.path)), load_file(str(half.path))
+        if a.keys() != b.keys() or not all(torch.equal(a[k], b[k]) for k in a):
+            raise SystemExit("the narrowed export holds other tensors than the measured one")
+        half = narrowed
+        codec = StudentCodec.from_file(half.path, device="cpu")
 
     default_q = codec.quality_for(None)
     kodim01 = doc["per_image"][qualities.index(default_q) if codec.variable_rate else 0]["images"]["kodim01.png"]
@@ -151,6 +186,7 @@ def main(argv=None) -> int:
     entry = {
         "name": args.name, "file": target.name, "sha256": zoo.file_sha256(target),
         "architecture": half.architecture, "N": half.N, "M": half.M, "quality": half.quality,
+        **({"qualities": list(half.qualities)} if half.qualities else {}),
         "lambda": half.lmbda, "metric": half.metric, "description": args.description,
         **({"default": True} if args.default or not entries else {}),
         "measured": {

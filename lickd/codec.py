@@ -81,10 +81,13 @@ class StudentCodec:
         #: what ``compress`` codes at when given no quality (variable-rate models only)
         self.quality = None
         if model.variable_rate:
-            self.quality = check_quality(quality if quality is not None else
-                                         info.quality if info.quality is not None else DEFAULT_QUALITY)
-        elif quality is not None:
-            self.quality_for(quality)  # refuses a quality the model does not code at
+            default = info.quality if info.quality is not None else DEFAULT_QUALITY
+            if info.qualities is not None:  # the default inside the range the model offers
+                default = min(max(default, info.qualities[0]), info.qualities[1])
+            self.quality = check_quality(default)
+        if quality is not None:
+            chosen = self.quality_for(quality)  # refuses a quality the model does not code at
+            self.quality = chosen if model.variable_rate else None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -119,10 +122,15 @@ class StudentCodec:
 
     def quality_for(self, quality=None):
         """The quality a file will record: for a variable-rate model ``quality`` (any value in
-        1..8; default: the model's default quality), for a fixed-rate model its own (another
-        one is refused)."""
+        1..8, or in the narrower range its weights offer; default: the model's default quality),
+        for a fixed-rate model its own (another one is refused)."""
         if self.variable_rate:
-            return check_quality(self.quality if quality is None else quality)
+            q = check_quality(self.quality if quality is None else quality)
+            if not self.info.offers(q):
+                low, high = self.info.qualities
+                raise LickdError(f"model '{self.info.name}' offers qualities {low:g}..{high:g} "
+                                 f"(measured to beat JPEG there); got {quality}")
+            return q
         if quality is not None and (self.info.quality is None or float(quality) != float(self.info.quality)):
             raise LickdError(f"model '{self.info.name}' codes at one rate only (quality {self.info.quality}); "
                              f"quality {quality} needs a variable-rate model")
@@ -166,6 +174,10 @@ class StudentCodec:
             raise TypeError(f"a .lkd file always codes with {sorted(fixed)} = "
                             f"{[getattr(LKD_FILE_OPTIONS, k) for k in sorted(fixed)]}")
         return LKD_FILE_OPTIONS.replace(**coder_settings)
+
+    def padded_size(self, size) -> tuple[int, int]:
+        """(H, W) rounded up to the model's downsampling factor: the size the transforms see."""
+        return _padded_size(size, self.model.downsampling_factor)
 
     def tile_for(self, padded) -> int:
         """The tile edge (pixels) of g_a and g_s for images of ``padded`` (H, W); 0: the whole image."""

@@ -96,3 +96,21 @@ def test_report_against_gives_per_image_differences(tmp_path):
     r = subprocess.run([sys.executable, script, "--against", str(ref), str(other)], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode != 0 and "not the images of" in r.stderr
+
+
+def test_ship_model_offers_the_widest_run_of_qualities_that_beat_jpeg():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from ship_model import jpeg_psnr_at, offered_range
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    qualities = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+    assert offered_range(qualities, [0.5, 0.3, -0.1, 0.1, 0.2, 0.3, 0.4, -1], "auto") == (4, 7)
+    assert offered_range(qualities, [0.5, 0.3, -0.1, -0.1, 0.2, 0.3, -0.4, -1], "auto") == (1, 2)  # tie: lower
+    assert offered_range(qualities, [0.1] * 8, "auto") == (1, 8)
+    assert offered_range(qualities, [0.1, -0.1] * 4, "auto") is None  # no two in a row
+    assert offered_range(qualities, [0.5, 0.3, 0.1, -0.1] * 2, "1-3") == (1, 3)
+    assert offered_range(qualities, [0.5, 0.3, 0.1, -0.1] * 2, "2-4") is None
+    anchor = {"results": {"bpp": [0.25, 0.5, 1.0], "psnr-rgb": [26.0, 29.0, 32.0]}}
+    assert jpeg_psnr_at(0.5, anchor) == 29.0 and abs(jpeg_psnr_at(2 ** -1.5, anchor) - 27.5) < 1e-9
+    assert abs(jpeg_psnr_at(2.0, anchor) - 35.0) < 1e-9  # extrapolated from the two highest

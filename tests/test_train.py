@@ -144,6 +144,29 @@ def test_resume_refuses_a_different_config(tmp_path, train_dir):
     assert Trainer(config(tmp_path, train_dir, "steps=8"), resume=True, progress=False).step == 4
 
 
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "no config"])
+def test_a_broken_checkpoint_gets_one_clear_error_from_resume_export_and_saved_config(tmp_path, train_dir, damage):
+    from safetensors.torch import save_file
+
+    from lickd.train.checkpoint import CHECKPOINT, export_run, saved_config
+    cfg = config(tmp_path, train_dir, "steps=2", "ckpt_every=2")
+    Trainer(cfg, progress=False).train()
+    path = Path(cfg.run_dir) / CHECKPOINT
+    if damage == "garbage":
+        path.write_bytes(b"\x00" * 64)
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    else:
+        save_file({"model.x": torch.zeros(1)}, str(path), metadata={"step": "2"})
+    for call in (lambda: Trainer(config(tmp_path, train_dir, "steps=4"), resume=True, progress=False),
+                 lambda: export_run(cfg.run_dir, tmp_path / "x.safetensors"),
+                 lambda: saved_config(cfg.run_dir)):
+        with pytest.raises(ValueError, match="not a lickd training checkpoint"):
+            call()
+    path.unlink()
+    with pytest.raises(FileNotFoundError, match="no checkpoint in"):
+        saved_config(cfg.run_dir)
+
 def test_resume_accepts_a_checkpoint_that_predates_a_new_field(tmp_path, train_dir):
     from lickd.train.checkpoint import config_changes as _config_changes
     cfg = config(tmp_path, train_dir)
@@ -224,7 +247,7 @@ def test_torchrun_two_processes_on_gloo_keep_ranks_in_sync(tmp_path, train_dir, 
         extra = ["--set", f"kd.teacher={path}"]
     run_dir = tmp_path / "ddp"
     cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
-           "-m", "lickd.train", "--quiet", "--set", "architecture=mbt2018-mean", "--set", "N=8", "--set", "M=12",
+           "-m", "lickd.cli", "train", "--quiet", "--set", "architecture=mbt2018-mean", "--set", "N=8", "--set", "M=12",
            "--set", f"data={train_dir}", "--set", f"val_data={train_dir}", "--set", "val_images=1",
            "--set", "patch_size=64", "--set", "batch_size=2", "--set", "steps=6", "--set", "ckpt_every=3",
            "--set", "tensorboard=false", "--set", "device=cpu", "--set", f"run_dir={run_dir}", *extra]

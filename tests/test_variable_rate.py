@@ -1,11 +1,14 @@
 """Variable-rate models: gain units, fractional qualities in the codec and the file, training
 with a quality per crop."""
+import dataclasses
+import json
 import math
 import zlib
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from lickd import CorruptFileError, LickdError, StudentCodec, container, zoo
 from lickd.models import MSE_LAMBDAS, build_model, check_quality, quality_lambda
@@ -121,3 +124,48 @@ def test_per_image_lambda_loss_is_the_mean_of_each_images_rd_loss(rng):
     per_image = [float(lam[i]) * 255**2 * float(((x_hat[i] - x[i]) ** 2).mean())
                  - float(torch.log2(lik["y"][i]).sum()) / 256 for i in range(3)]
     assert float(terms["rd"]) == pytest.approx(np.mean(per_image), rel=1e-5)
+
+
+def test_a_narrowed_range_travels_in_the_weights_and_the_codec_refuses_the_rest(tmp_path, rng):
+    """A variable-rate model shipped for qualities 2..4 only (where it was measured to beat JPEG):
+    the range is in the file's metadata, the default quality moves inside it, other qualities
+    are refused by the codec and the command line, and the range's qualities code as before."""
+    from lickd.cli import main
+    model = make_vr()
+    info = zoo.ModelInfo(name="narrow", architecture="mbt2018-mean-vr", N=model.N, M=model.M, quality=1,
+                         qualities=(2, 4))
+    path = zoo.save_weights(model, tmp_path / "narrow.safetensors", info).path
+    wide = zoo.save_weights(model, tmp_path / "wide.safetensors", dataclasses.replace(info, qualities=None)).path
+    codec, whole = StudentCodec.from_file(path, device="cpu"), StudentCodec.from_file(wide, device="cpu")
+    assert codec.info.qualities == (2.0, 4.0) and whole.info.qualities is None
+    assert codec.quality == 2  # its default (1) clamped into the range
+    img = random_image(64, 80, rng)
+    for q in (2, 3.5, 4):
+        assert container.parse(codec.compress(img, quality=q)).sections == \
+            container.parse(whole.compress(img, quality=q)).sections
+    for q in (1, 4.5, 8):
+        with pytest.raises(LickdError, match=r"offers qualities 2\.\.4"):
+            codec.compress(img, quality=q)
+    with pytest.raises(LickdError, match="offers"):
+        StudentCodec(model, codec.info, device="cpu", quality=5)
+    assert whole.compress(img, quality=8)
+    src = tmp_path / "in.png"
+    Image.fromarray(img).save(src)
+    assert main(["encode", str(src), "--weights", str(path), "-q", "6", "-o", str(tmp_path / "a.lkd")]) == 2
+    assert not (tmp_path / "a.lkd").exists()
+    for bad in ([4, 2], [0.5, 3], [1, 9], ["x"]):
+        meta = {**info.metadata(), "qualities": json.dumps(bad)}
+        with pytest.raises(CorruptFileError, match="malformed weights metadata"):
+            zoo.ModelInfo.from_metadata(meta)
+
+
+def test_the_registry_picks_a_variable_rate_model_by_the_range_it_offers(monkeypatch, tmp_path):
+    low = zoo.ModelInfo(name="low", architecture="mbt2018-mean-vr", N=8, M=8, qualities=(1, 4), default=True)
+    high = zoo.ModelInfo(name="high", architecture="mbt2018-mean-vr", N=8, M=8, qualities=(4.5, 8))
+    monkeypatch.setattr(zoo, "registry", lambda: [low, high])
+    assert zoo.find_quality(3).name == "low" and zoo.find_quality(4).name == "low"
+    assert zoo.find_quality(6.5).name == "high"
+    monkeypatch.setattr(zoo, "registry", lambda: [low])
+    assert zoo.find_quality(7).name == "low"  # the only one: its codec says what it offers
+    assert low.offers(1) and low.offers(4) and not low.offers(4.01)
+    assert zoo.ModelInfo(name="all", architecture="mbt2018-mean-vr", N=8, M=8).offers(8)

@@ -88,7 +88,10 @@ def load_codec(device: str, weights=None, model=None, quality=None):
             raise UsageError(None, f"-q {quality:g}: model '{codec.info.name}' codes at one rate only "
                                    f"(quality {codec.info.quality}); drop -q or choose a variable-rate model")
         if codec.variable_rate:
-            codec.quality = codec.quality_for(quality)
+            try:
+                codec.quality = codec.quality_for(quality)
+            except LickdError as e:
+                raise UsageError(None, f"-q {quality:g}: {e}") from None
     return codec
 
 

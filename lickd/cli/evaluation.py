@@ -195,8 +195,7 @@ def cmd_bench(args) -> None:
         rng = np.random.default_rng(0)
         image = rng.integers(0, 256, (h, w, 3), dtype="uint8")
     h, w = image.shape[:2]
-    f = codec.model.downsampling_factor
-    padded_h, padded_w = -(-h // f) * f, -(-w // f) * f
+    padded_h, padded_w = codec.padded_size((h, w))
     doc = {"model": codec.name, "architecture": codec.info.architecture, "N": codec.info.N, "M": codec.info.M,
            "device": codec.device.type, "parameters": parameter_counts(codec.model),
            "kmacs_per_pixel": {k: v / 1e3 for k, v in macs_per_pixel(codec.model, padded_h, padded_w).items()},

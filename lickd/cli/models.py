@@ -15,7 +15,7 @@ def cmd_models(args) -> None:
     entries = zoo.registry()
     if args.json:
         print(json.dumps([{"name": e.name, "architecture": e.architecture, "N": e.N, "M": e.M,
-                           "quality": e.quality, "lambda": e.lmbda, "metric": e.metric, "default": e.default,
+                           "quality": e.quality, "qualities": e.qualities, "lambda": e.lmbda, "metric": e.metric, "default": e.default,
                            "variable_rate": e.variable_rate, "sha256": e.sha256, "file": str(e.path),
                            "measured": e.measured} for e in entries]))
         return
@@ -24,7 +24,9 @@ def cmd_models(args) -> None:
         return
     for e in entries:
         size = e.path.stat().st_size if e.path and e.path.exists() else 0
-        rate = "qualities 1..8 (variable rate)" if e.variable_rate else f"quality {e.quality}, lambda {e.lmbda}"
+        low, high = e.qualities or (1, 8)
+        rate = (f"qualities {low:g}..{high:g} (variable rate)" if e.variable_rate
+                else f"quality {e.quality}, lambda {e.lmbda}")
         print(f"{e.name}@{e.short_hash}{'  (default)' if e.default else ''}")
         print(f"  {e.architecture} N={e.N} M={e.M}, {rate}, {e.metric}; {size / 1e6:.1f} MB")
         m = e.measured

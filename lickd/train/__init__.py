@@ -1,5 +1,5 @@
 """Training: teachers (rate-distortion), distilled students, no-KD controls (``lickd train`` /
-``lickd distill``; multi-process with ``torchrun --nproc_per_node K -m lickd.train``)."""
+``lickd distill``; multi-process with ``torchrun --nproc_per_node K -m lickd.cli train``)."""
 from .config import KDConfig, TrainConfig, load_config
 from .checkpoint import export_run, saved_config
 from .engine import Trainer

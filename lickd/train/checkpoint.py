@@ -33,12 +33,29 @@ def write_tensors(tensors: dict, path: Path, metadata: dict) -> None:
                                             metadata={k: json.dumps(v) for k, v in metadata.items()}))
 
 
-def read_tensors(path: Path) -> tuple[dict, dict]:
+def read_metadata(path: Path) -> dict:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-    return load_file(str(path)), meta
+        return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+
+
+def read_tensors(path: Path) -> tuple[dict, dict]:
+    return load_file(str(path)), read_metadata(path)
+
+
+def read_checkpoint(run_dir: os.PathLike, tensors: bool = True) -> tuple[dict, dict]:
+    """A run folder's checkpoint: its tensors (none when ``tensors`` is false) and its metadata,
+    which holds at least the step and the configuration; a clear error for anything else."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint in {run_dir}")
+    try:
+        meta = read_metadata(path)
+        int(meta["step"]), dict(meta["config"])
+        return (load_file(str(path)) if tensors else {}), meta
+    except (KeyError, TypeError, OSError, ValueError, RuntimeError, SafetensorError) as e:
+        raise ValueError(f"{path}: not a lickd training checkpoint ({type(e).__name__}: {e})") from None
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str, kept: str = "full") -> tuple[dict, dict]:
@@ -99,18 +116,9 @@ def saved_config(run_dir: os.PathLike, overrides: tuple[str, ...] = ()) -> Train
     """The configuration a run folder's checkpoint was trained with, ``key=value`` overrides
     applied (only RESUMABLE_CHANGES may differ), its ``run_dir`` the folder given: what continues
     a run from the checkpoint alone, on any machine."""
-    from safetensors import safe_open
-
     from .config import load_config
 
-    path = Path(run_dir) / CHECKPOINT
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint in {run_dir}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            saved = json.loads((f.metadata() or {})["config"])
-    except (KeyError, json.JSONDecodeError, OSError, SafetensorError) as e:
-        raise ValueError(f"{path}: not a lickd training checkpoint ({e})") from None
+    saved = read_checkpoint(run_dir, tensors=False)[1]["config"]
     cfg = load_config(None, (), base=saved)
     cfg = load_config(None, (*overrides, f"run_dir={run_dir}"), base=cfg.to_dict())
     changed = config_changes(saved, cfg)
@@ -119,12 +127,14 @@ def saved_config(run_dir: os.PathLike, overrides: tuple[str, ...] = ()) -> Train
     return cfg
 
 
-def export_run(run_dir: os.PathLike, output: os.PathLike, half: bool = False, name: Optional[str] = None) -> zoo.ModelInfo:
-    """Registry-ready weights from a run's latest checkpoint (projections dropped, tables built)."""
+def export_run(run_dir: os.PathLike, output: os.PathLike, half: bool = False, name: Optional[str] = None,
+               qualities: Optional[tuple[float, float]] = None) -> zoo.ModelInfo:
+    """Registry-ready weights from a run's latest checkpoint (projections dropped, tables built);
+    ``qualities`` narrows the range a variable-rate model offers (``ModelInfo.qualities``)."""
     from .config import from_dict
 
     run_dir = Path(run_dir)
-    tensors, meta = read_tensors(run_dir / CHECKPOINT)
+    tensors, meta = read_checkpoint(run_dir)
     cfg = from_dict(meta["config"])
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     ema = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")} if cfg.ema > 0 else None
@@ -132,6 +142,10 @@ def export_run(run_dir: os.PathLike, output: os.PathLike, half: bool = False, na
     info = run_model_info(cfg, model, int(meta["step"]), meta.get("world_size", 1), meta.get("cpu_seconds"), run_dir)
     if name:
         info.name = name
+    if qualities is not None:
+        if not model.variable_rate:
+            raise ValueError("a quality range is for variable-rate models")
+        info.qualities = zoo.quality_range(qualities)
     return zoo.save_weights(model, output, info, half=half)
 
 
@@ -161,4 +175,5 @@ def run_model_info(cfg: TrainConfig, model: CompressionModel, step: int, world: 
 
 
 __all__ = ["CHECKPOINT", "EXPORT", "RESUMABLE_CHANGES", "config_changes", "export_run", "exported_model", "load_optimizer",
-           "optimizer_tensors", "read_tensors", "run_model_info", "saved_config", "write_tensors"]
+           "optimizer_tensors", "read_checkpoint", "read_metadata", "read_tensors", "run_model_info", "saved_config",
+           "write_tensors"]

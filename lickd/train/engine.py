@@ -1,6 +1,6 @@
 """The training loop for teachers, distilled students and their no-KD controls.
 
-One process per device (``torchrun --nproc_per_node K -m lickd.train ...``, or a plain single
+One process per device (``torchrun --nproc_per_node K -m lickd.cli train ...``, or a plain single
 process; lickd.train.distributed). Everything a run depends on is seeded from integers and kept
 in its checkpoint (lickd.train.checkpoint: weights, optimiser state, schedule, RNG and
 crop-sampler state, time spent), written every ``ckpt_every`` steps and when SIGTERM arrives, so
@@ -27,7 +27,7 @@ from ..models import CompressionModel, build_model, quality_lambda
 from ..models.variable_rate import QUALITY_LEVELS
 from ..provenance import environment
 from .checkpoint import (CHECKPOINT, EXPORT, config_changes, export_run, exported_model, load_optimizer,
-                         optimizer_tensors, read_tensors, run_model_info, write_tensors)
+                         optimizer_tensors, read_checkpoint, read_tensors, run_model_info, write_tensors)
 from .config import TrainConfig, save_config
 from .data import CropSampler, ImageFolder
 from .distributed import World
@@ -247,15 +247,8 @@ class Trainer:
         self.dist.barrier()
 
     def load_checkpoint(self) -> None:
-        path = self.run_dir / CHECKPOINT
-        if not path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir}")
-        try:
-            tensors, meta = read_tensors(path)
-            saved_cfg = meta["config"]
-        except (KeyError, OSError, ValueError, RuntimeError) as e:
-            raise ValueError(f"{path}: not a lickd training checkpoint ({e})") from None
-        changed = config_changes(saved_cfg, self.cfg)
+        tensors, meta = read_checkpoint(self.run_dir)
+        changed = config_changes(meta["config"], self.cfg)
         if changed:
             raise ValueError(f"--resume with a different configuration ({', '.join(changed)})")
 

@@ -1,7 +1,8 @@
 """Model weights: safetensors files (never pickles) and the registry of shipped models.
 
 A lickd weights file is a safetensors file whose metadata names the architecture, widths and
-training point (``quality``, ``lambda``, ``metric``), and which holds the model's complete
+training point (``quality``, ``lambda``, ``metric``; ``qualities``, the range a variable-rate
+model offers, when narrower than 1..8), and which holds the model's complete
 ``state_dict`` including the CDF tables, so decoding never rebuilds tables from floats.
 ``registry.json`` beside this file lists the shipped files with their sha256; loading checks
 the hash, and nothing is ever downloaded.
@@ -23,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import CorruptFileError, ModelNotFoundError
 from ..models import ARCHITECTURES, CompressionModel, build_model
+from ..models.variable_rate import QUALITY_MAX, QUALITY_MIN
 
 ZOO_DIR = Path(__file__).resolve().parent
 REGISTRY_PATH = ZOO_DIR / "registry.json"
@@ -37,7 +39,9 @@ class ModelInfo:
     architecture: str
     N: int
     M: int
-    quality: Optional[int] = None
+    quality: Optional[int] = None  # a fixed-rate model's quality; a variable-rate model's default one
+    #: the range of qualities a variable-rate model offers (its shipping measured each one); None: 1..8
+    qualities: Optional[tuple[float, float]] = None
     lmbda: Optional[float] = None
     metric: str = "mse"
     sha256: str = ""
@@ -51,6 +55,14 @@ class ModelInfo:
     def variable_rate(self) -> bool:
         return bool(getattr(ARCHITECTURES.get(self.architecture), "variable_rate", False))
 
+    def offers(self, quality: float) -> bool:
+        """Whether the model codes at ``quality``: a fixed-rate model at its own only, a
+        variable-rate model anywhere in its range."""
+        if not self.variable_rate:
+            return self.quality is not None and float(quality) == float(self.quality)
+        low, high = self.qualities or (QUALITY_MIN, QUALITY_MAX)
+        return low <= float(quality) <= high
+
     @property
     def short_hash(self) -> str:
         return self.sha256[:16]
@@ -60,6 +72,8 @@ class ModelInfo:
                 "N": str(self.N), "M": str(self.M), "metric": self.metric, "description": self.description}
         if self.quality is not None:
             meta["quality"] = str(self.quality)
+        if self.qualities is not None:
+            meta["qualities"] = json.dumps([float(q) for q in self.qualities])
         if self.lmbda is not None:
             meta["lambda"] = repr(float(self.lmbda))
         if self.training:
@@ -73,11 +87,20 @@ class ModelInfo:
         try:
             return cls(name=meta["name"], architecture=meta["architecture"], N=int(meta["N"]), M=int(meta["M"]),
                        quality=int(meta["quality"]) if "quality" in meta else None,
+                       qualities=quality_range(json.loads(meta["qualities"])) if "qualities" in meta else None,
                        lmbda=float(meta["lambda"]) if "lambda" in meta else None,
                        metric=meta.get("metric", "mse"), description=meta.get("description", ""),
                        training=json.loads(meta.get("training", "{}")), **extra)
-        except (KeyError, ValueError) as e:
+        except (KeyError, ValueError, TypeError) as e:
             raise CorruptFileError(f"malformed weights metadata ({e})") from None
+
+
+def quality_range(value) -> tuple[float, float]:
+    """``[low, high]`` as a checked range of qualities inside 1..8."""
+    low, high = (float(v) for v in value)
+    if not (QUALITY_MIN <= low <= high <= QUALITY_MAX):
+        raise ValueError(f"qualities must be a range inside {QUALITY_MIN:g}..{QUALITY_MAX:g}, got {list(value)}")
+    return low, high
 
 
 def file_sha256(path: os.PathLike) -> str:
@@ -162,6 +185,7 @@ def registry() -> list[ModelInfo]:
     for e in entries:
         out.append(ModelInfo(name=e["name"], architecture=e["architecture"], N=e["N"], M=e["M"],
                              quality=e.get("quality"), lmbda=e.get("lambda"), metric=e.get("metric", "mse"),
+                             qualities=quality_range(e["qualities"]) if e.get("qualities") else None,
                              sha256=e["sha256"], path=ZOO_DIR / "weights" / e["file"],
                              description=e.get("description", ""), default=bool(e.get("default")),
                              measured=e.get("measured", {})))
@@ -198,15 +222,19 @@ def find(name: Optional[str] = None, quality: Optional[int] = None, weights_hash
 
 
 def find_quality(quality: float) -> ModelInfo:
-    """The model for a quality: the default variable-rate model when one ships (it codes at any
-    quality 1..8), else the fixed-rate model of this quality, else the nearest one (ties: the
-    higher), with a warning."""
+    """The model for a quality: a variable-rate model that offers it (the default one first),
+    else the fixed-rate model of this quality, else the nearest one (ties: the higher), with a
+    warning. With only variable-rate models none of which offers it, the default one (whose
+    codec then says which qualities it offers)."""
     entries = _registry_or_raise()
-    variable = [e for e in entries if e.variable_rate]
-    if variable:
-        return next((e for e in variable if e.default), variable[0])
-    entries = [e for e in entries if e.quality is not None]
+    variable = sorted((e for e in entries if e.variable_rate), key=lambda e: not e.default)
+    offering = [e for e in variable if e.offers(quality)]
+    if offering:
+        return offering[0]
+    entries = [e for e in entries if not e.variable_rate and e.quality is not None]
     if not entries:
+        if variable:
+            return variable[0]
         return find(quality=quality)  # raises the not-found error
     best = min(entries, key=lambda e: (abs(e.quality - quality), -e.quality))
     if best.quality != quality:
@@ -215,4 +243,4 @@ def find_quality(quality: float) -> ModelInfo:
     return best
 
 
-__all__ = ["ModelInfo", "file_sha256", "state_sha256", "find", "find_default", "find_quality", "load_weights", "registry", "save_weights"]
+__all__ = ["ModelInfo", "file_sha256", "quality_range", "state_sha256", "find", "find_default", "find_quality", "load_weights", "registry", "save_weights"]
