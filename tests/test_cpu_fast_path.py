@@ -3,6 +3,7 @@ codec runs in, and glibc's allocator retention. Each against the PyTorch referen
 import os
 import subprocess
 import sys
+from importlib import import_module
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ from lickd.layers import GDN
 from lickd.layers import gdn as gdn_module
 from lickd.layers.gdn import gdn_channels_last
 from lickd.models import build_model
+
+conv_module = import_module("lickd.layers.conv")  # the module; lickd.layers.conv is the conv() it exports
 
 
 def _random_gdn(c, inverse, rng):
@@ -71,14 +74,58 @@ def test_codec_runs_its_cpu_transforms_channels_last_and_decodes_what_the_refere
     img = rng.integers(0, 256, (64, 96, 3), dtype="uint8")
     data = codec.compress(img)
     _, latents = codec.decode_latents(data)
-    calls = []
-    real = gdn_module.gdn_channels_last
+    calls, phases = [], []
+    real, real_phase = gdn_module.gdn_channels_last, conv_module.phase_conv_transpose
     monkeypatch.setattr(gdn_module, "gdn_channels_last", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    monkeypatch.setattr(conv_module, "phase_conv_transpose",
+                        lambda *a, **k: phases.append(a[0].shape) or real_phase(*a, **k))
     out = codec.decompress(data, output="tensor")
     assert len(calls) == 3  # every IGDN of g_s took the fast path
+    # and every transposed convolution with few outputs its phase form: at N=8 all four of g_s
+    assert phases == [(1, 12, 4, 8), (1, 8, 8, 16), (1, 8, 16, 32), (1, 8, 32, 64)]  # 64x96 padded to 64x128
     with torch.no_grad():  # the NCHW reference transforms on the decoded latents
         ref = reference.g_s(latents["y"].contiguous()).clamp(0, 1)[0, :, :64, :96]
     assert torch.allclose(out, torch.round(ref * 255) / 255, atol=1.5 / 255)
+
+
+@pytest.mark.parametrize("cin,cout,k,s,h,w", [(64, 3, 5, 2, 31, 17), (8, 3, 5, 2, 7, 9), (4, 2, 3, 2, 5, 6),
+                                              (6, 3, 4, 2, 5, 5), (5, 1, 7, 3, 4, 6), (3, 3, 5, 2, 1, 2)])
+def test_phase_form_of_a_transposed_convolution_matches_float64(cin, cout, k, s, h, w, rng):
+    """The last layer of g_s as one ordinary convolution plus a depth-to-space copy, against the
+    transposed convolution in float64 (odd sizes, kernels larger and smaller than 2·stride)."""
+    p = (k - 1) // 2
+    op = s + 2 * p - k  # the output is s times the input, as deconv builds it
+    m = conv_module.ConvTranspose2d(cin, cout, k, s, p, op).eval()
+    with torch.no_grad():
+        m.weight.copy_(torch.from_numpy(rng.normal(0, 0.2, m.weight.shape)))
+        m.bias.copy_(torch.from_numpy(rng.normal(0, 1, cout)))
+    x = torch.from_numpy(rng.normal(0, 1, (2, cin, h, w))).float().contiguous(memory_format=torch.channels_last)
+    assert conv_module.has_phase_form(m)
+    with torch.no_grad():
+        out = m(x)
+        ref = torch.nn.functional.conv_transpose2d(x.double(), m.weight.double(), m.bias.double(), s, p, op)
+        kernel, bias, stride, pads = conv_module.phase_weights(m.weight, m.bias, s, p)
+        direct = conv_module.phase_conv_transpose(x, kernel, bias, stride, pads)
+    assert out.shape == ref.shape == (2, cout, s * h, s * w) and out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out, direct)  # the module took the phase form
+    assert torch.allclose(out.double(), ref, rtol=1e-5, atol=1e-5), float((out.double() - ref).abs().max())
+
+
+def test_transposed_convolution_keeps_pytorchs_path_elsewhere(rng):
+    """Training (autograd on), NCHW inputs and wide layers stay on PyTorch's own transposed
+    convolution; gradients flow, and the state_dict is PyTorch's."""
+    m = conv_module.ConvTranspose2d(4, 3, 5, 2, 2, 1)
+    x = torch.from_numpy(rng.normal(0, 1, (1, 4, 6, 7))).float().contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    m(x).square().sum().backward()
+    assert x.grad is not None and m.weight.grad is not None
+    assert set(m.state_dict()) == set(torch.nn.ConvTranspose2d(4, 3, 5, 2, 2, 1).state_dict())
+    wide = conv_module.ConvTranspose2d(4, 16, 5, 2, 2, 1).eval()
+    odd = conv_module.ConvTranspose2d(4, 3, 5, 2, 2, 0).eval()  # output 2H - 1: no phase form
+    assert not conv_module.has_phase_form(odd)
+    with torch.no_grad():
+        for layer, inp in ((wide, x), (odd, x), (m, x.contiguous())):
+            assert torch.equal(layer(inp), torch.nn.ConvTranspose2d.forward(layer, inp))
 
 
 def test_allocator_settings_fit_a_c_int():

@@ -122,7 +122,7 @@ class _Layer:
 def _supported(m: nn.Module) -> bool:
     if isinstance(m, (nn.ReLU, nn.LeakyReLU)):
         return True
-    if type(m) in (nn.Conv2d, nn.ConvTranspose2d):
+    if getattr(type(m), "plain_equivalent", type(m)) in (nn.Conv2d, nn.ConvTranspose2d):  # not MaskedConv2d
         return m.groups == 1 and m.dilation == (1, 1) and m.padding_mode == "zeros" and isinstance(m.padding, tuple)
     return False
 
