@@ -437,3 +437,35 @@ def test_mixed_quantization_feeds_rounded_latents_to_the_synthesis(arch, rng):
     # and the gradient passes straight through the rounding to g_a
     mixed["x_hat"].sum().backward()
     assert model.g_a[0].weight.grad is not None and model.g_a[0].weight.grad.abs().sum() > 0
+
+
+def test_warm_start_takes_the_named_modules_across_architectures(tmp_path, train_dir):
+    """A scale-hyperprior student started from a mean-scale model's transforms and gains: those
+    tensors are the source's, the hyperprior is fresh (the seed's), and it trains."""
+    torch.manual_seed(3)
+    source = build_model("mbt2018-mean-vr", 8, 12).eval()
+    source.update(force=True)
+    path = zoo.save_weights(source, tmp_path / "src.safetensors",
+                            zoo.ModelInfo(name="src", architecture="", N=0, M=0)).path
+    cfg = config(tmp_path, train_dir, "architecture=bmshj2018-hyperprior-vr", f"init={path}",
+                 "init_parts=g_a,g_s,gain_units", "steps=2")
+    trainer = Trainer(cfg, progress=False)
+    own, theirs = trainer.model.state_dict(), source.state_dict()
+    taken = [n for n in own if n.split(".")[0] in ("g_a", "g_s", "gain_units")]
+    assert taken and all(torch.equal(own[n], theirs[n]) for n in taken)
+    torch.manual_seed(cfg.seed)
+    fresh = build_model("bmshj2018-hyperprior-vr", 8, 12).state_dict()
+    hyper = [n for n in own if n.startswith(("h_a.", "h_s."))]  # h_a has the same shapes in both
+    assert hyper and all(torch.equal(own[n], fresh[n]) for n in hyper)
+    assert not all(torch.equal(own[n], theirs[n]) for n in hyper if n.startswith("h_a."))
+    assert trainer.train()["step"] == 2
+    with pytest.raises(ValueError, match="no module 'h_z'"):
+        Trainer(config(tmp_path, train_dir, "architecture=bmshj2018-hyperprior-vr", f"init={path}",
+                       "init_parts=g_a,h_z", "run_dir=" + str(tmp_path / "r2")), progress=False)
+    wide = zoo.save_weights(build_model("mbt2018-mean-vr", 8, 16), tmp_path / "wide.safetensors",
+                            zoo.ModelInfo(name="w", architecture="", N=0, M=0)).path
+    with pytest.raises(ValueError, match="in init"):
+        Trainer(config(tmp_path, train_dir, "architecture=mbt2018-mean-vr", f"init={wide}", "init_parts=g_a",
+                       "run_dir=" + str(tmp_path / "r3")), progress=False)
+    with pytest.raises(ValueError, match="set init too"):
+        config(tmp_path, train_dir, "init_parts=g_a")

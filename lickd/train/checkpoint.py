@@ -127,6 +127,29 @@ def saved_config(run_dir: os.PathLike, overrides: tuple[str, ...] = ()) -> Train
     return cfg
 
 
+def warm_start(model: CompressionModel, source: CompressionModel, parts: list[str]) -> list[str]:
+    """Copies the named modules' parameters (and their buffers of the same shape; CDF tables are
+    rebuilt at export) from ``source`` into ``model``; returns the tensor names copied. A part
+    missing from either model, or a parameter of another shape, is an error."""
+    own, theirs = model.state_dict(), source.state_dict()
+    params = {n for n, _ in model.named_parameters()}
+    copied = []
+    for part in (p.strip() for p in parts if p.strip()):
+        names = [n for n in own if n.startswith(part + ".")]
+        if not names or not any(n.startswith(part + ".") for n in theirs):
+            raise ValueError(f"init_parts: no module '{part}' in both models")
+        for n in names:
+            if n in theirs and theirs[n].shape == own[n].shape:
+                copied.append(n)
+            elif n in params:
+                got = tuple(theirs[n].shape) if n in theirs else "missing"
+                raise ValueError(f"init_parts: {n} is {got} in init, {tuple(own[n].shape)} here")
+    with torch.no_grad():
+        for n in copied:
+            own[n].copy_(theirs[n])
+    return copied
+
+
 def export_run(run_dir: os.PathLike, output: os.PathLike, half: bool = False, name: Optional[str] = None,
                qualities: Optional[tuple[float, float]] = None) -> zoo.ModelInfo:
     """Registry-ready weights from a run's latest checkpoint (projections dropped, tables built);
@@ -176,4 +199,4 @@ def run_model_info(cfg: TrainConfig, model: CompressionModel, step: int, world: 
 
 __all__ = ["CHECKPOINT", "EXPORT", "RESUMABLE_CHANGES", "config_changes", "export_run", "exported_model", "load_optimizer",
            "optimizer_tensors", "read_checkpoint", "read_metadata", "read_tensors", "run_model_info", "saved_config",
-           "write_tensors"]
+           "warm_start", "write_tensors"]

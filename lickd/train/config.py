@@ -44,6 +44,9 @@ class TrainConfig:
     N: int = 64
     M: int = 192
     init: Optional[str] = None  # lickd weights file to start from
+    # comma-separated modules (e.g. "g_a,g_s,gain_units") taken from ``init``, the rest fresh: a
+    # warm start across architectures (a scale hyperprior from a mean-scale model's transforms)
+    init_parts: Optional[str] = None
     # objective
     lmbda: float = 0.0067
     metric: str = "mse"  # or "ms-ssim"
@@ -163,6 +166,8 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError("quantization must be noise or mixed")
     if cfg.metric not in ("mse", "ms-ssim"):
         raise ValueError("metric must be 'mse' or 'ms-ssim'")
+    if cfg.init_parts and not cfg.init:
+        raise ValueError("init_parts names modules of an init weights file: set init too")
     if cfg.steps < 1 or cfg.batch_size < 1:
         raise ValueError("steps and batch_size must be >= 1")
     factor = 16 if cfg.architecture == "bmshj2018-factorized" else 64

@@ -27,7 +27,8 @@ from ..models import CompressionModel, build_model, quality_lambda
 from ..models.variable_rate import QUALITY_LEVELS
 from ..provenance import environment
 from .checkpoint import (CHECKPOINT, EXPORT, config_changes, export_run, exported_model, load_optimizer,
-                         optimizer_tensors, read_checkpoint, read_tensors, run_model_info, write_tensors)
+                         optimizer_tensors, read_checkpoint, read_tensors, run_model_info, warm_start,
+                         write_tensors)
 from .config import TrainConfig, save_config
 from .data import CropSampler, ImageFolder
 from .distributed import World
@@ -50,10 +51,12 @@ class Trainer:
 
         # Model, identical on every rank (DDP also broadcasts rank 0's at wrap time).
         torch.manual_seed(cfg.seed)
-        if cfg.init and not resume:
+        if cfg.init and not resume and not cfg.init_parts:
             self.model, _ = zoo.load_weights(cfg.init, device=self.device)
         else:  # a resumed run takes its weights from its checkpoint: the init file need not exist any more
             self.model = build_model(cfg.architecture, cfg.N, cfg.M).to(self.device)
+            if cfg.init and not resume:
+                warm_start(self.model, zoo.load_weights(cfg.init, device=self.device)[0], cfg.init_parts.split(","))
         got = (self.model.architecture, self.model.N, self.model.M)
         if got != (cfg.architecture, cfg.N, cfg.M):  # the config must say what the run trains
             raise ValueError(f"init {cfg.init} is {got[0]} N={got[1]} M={got[2]}; the configuration says "
