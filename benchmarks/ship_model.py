@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import statistics
 import sys
 import tempfile
@@ -31,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "kodak" / "amd-epyc-2vcpu"
@@ -54,13 +54,26 @@ def jpeg_psnr_at(bpp: float, anchor: dict) -> float:
     return float(ys[i] + t * (ys[i + 1] - ys[i]))
 
 
-def offered_range(qualities: list, margins: list, wanted: str) -> tuple[int, int] | None:
-    """The qualities to offer: ``wanted`` "LOW-HIGH", or "auto" for the widest run of consecutive
-    qualities whose margin over JPEG is positive (the lower one on a tie; at least two); None
-    when none qualifies."""
+def quality_range_arg(text: str):
+    """``--qualities``: "auto", or "LOW-HIGH" with whole qualities 1 <= LOW < HIGH <= 8."""
+    if text == "auto":
+        return text
+    try:
+        low, high = (int(v) for v in text.split("-"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or LOW-HIGH (whole qualities), got {text!r}") from None
+    if not 1 <= low < high <= 8:
+        raise argparse.ArgumentTypeError(f"expected 1 <= LOW < HIGH <= 8, got {text!r}")
+    return low, high
+
+
+def offered_range(qualities: list, margins: list, wanted) -> tuple[int, int] | None:
+    """The qualities to offer: ``wanted`` (LOW, HIGH) when each of them beats JPEG (a positive
+    margin), or for "auto" the widest run of consecutive qualities that do (the lower one on a
+    tie; at least two); None when none qualifies."""
     beats = {int(q) for q, m in zip(qualities, margins) if m > 0}
     if wanted != "auto":
-        low, high = (int(v) for v in wanted.split("-"))
+        low, high = wanted
         return (low, high) if all(q in beats for q in range(low, high + 1)) else None
     runs = [(low, high) for low in sorted(beats) for high in sorted(beats)
             if high > low and all(q in beats for q in range(low, high + 1))]
@@ -92,6 +105,7 @@ def main(argv=None) -> int:
     from lickd.image import list_images, load_rgb
     from lickd.provenance import cpu_name
     from lickd.train import export_run
+    from lickd.train.checkpoint import CHECKPOINT
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir")
@@ -100,7 +114,8 @@ def main(argv=None) -> int:
     p.add_argument("--default", action="store_true", help="make it the model lickd encode uses")
     p.add_argument("--kodak", default=str(ROOT.parent / "shared" / "data" / "kodak"))
     p.add_argument("--force", action="store_true", help="ship even where it does not beat JPEG")
-    p.add_argument("--qualities", default="auto", help="variable rate: the qualities to offer, LOW-HIGH or auto")
+    p.add_argument("--qualities", default="auto", type=quality_range_arg,
+                   help="variable rate: the qualities to offer, LOW-HIGH or auto")
     p.add_argument("--dry-run", action="store_true", help="measure and report, change nothing")
     p.add_argument("--limit", type=int, default=0, help="a smoke test on the first N images (implies --dry-run)")
     args = p.parse_args(argv)
@@ -113,10 +128,15 @@ def main(argv=None) -> int:
         raise SystemExit(f"{args.kodak}: expected the 24 Kodak images, found {len(images)}")
     scratch = tempfile.TemporaryDirectory()
     tmp = Path(scratch.name)
-    half = export_run(args.run_dir, tmp / "half.safetensors", half=True, name=args.name)
-    full = export_run(args.run_dir, tmp / "full.safetensors", half=False, name=args.name)
+    run = tmp / Path(args.run_dir).name  # one copy of the checkpoint: the run may go on meanwhile
+    run.mkdir()
+    shutil.copyfile(Path(args.run_dir) / CHECKPOINT, run / CHECKPOINT)
+    half = export_run(run, tmp / "half.safetensors", half=True, name=args.name)
+    full = export_run(run, tmp / "full.safetensors", half=False, name=args.name)
     codec = StudentCodec.from_file(half.path, device="cpu")
     reference = StudentCodec.from_file(full.path, device="cpu")
+    if not codec.variable_rate and args.qualities != "auto":
+        raise SystemExit("--qualities is for variable-rate models; a fixed-rate one offers its own")
     qualities = list(range(1, 9)) if codec.variable_rate else [codec.info.quality]
 
     # fp16 against fp32 on four images, at the lowest, default and highest quality
@@ -147,10 +167,12 @@ def main(argv=None) -> int:
     if codec.variable_rate:
         offered = offered_range(r["quality"], margins, args.qualities)
         beats = offered is not None
-        if beats:
+        if not beats and args.force:  # an experiment: the range asked for, or all of it
+            offered = args.qualities if args.qualities != "auto" else (1, 8)
+        if offered is not None:
             print(f"offers qualities {offered[0]}..{offered[1]}", file=sys.stderr)
-        if offered == (1, 8) or (not beats and args.force):
-            offered = None  # the whole range
+        if offered == (1, 8):
+            offered = None  # the whole range: nothing to narrow
     else:
         beats = all(m > 0 for m in margins)
     if not beats and not args.force:
@@ -159,13 +181,11 @@ def main(argv=None) -> int:
         return 1
     if args.dry_run:
         return 0
-    if offered is not None:  # the same tensors, the range in the metadata
-        narrowed = export_run(args.run_dir, tmp / "offered.safetensors", half=True, name=args.name, qualities=offered)
-        a, b = load_file(str(narrowed.path)), load_file(str(half.path))
-        if a.keys() != b.keys() or not all(torch.equal(a[k], b[k]) for k in a):
-            raise SystemExit("the narrowed export holds other tensors than the measured one")
-        half = narrowed
+    if offered is not None:  # the measured tensors, the range in the metadata
+        half = zoo.narrow_qualities(half.path, tmp / "offered.safetensors", offered)
         codec = StudentCodec.from_file(half.path, device="cpu")
+        doc["name"] = f"lickd {args.name}"
+        doc["description"] = LickdCodec(codec).description() + " (fp16 weights as shipped)"
 
     default_q = codec.quality_for(None)
     kodim01 = doc["per_image"][qualities.index(default_q) if codec.variable_rate else 0]["images"]["kodim01.png"]

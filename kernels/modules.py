@@ -15,14 +15,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..layers.conv import plain_layer_type
 from .ops import FusedConvActFunction, pack_conv_weight, pack_deconv_weight, pack_gdn, packed_width, reference
-
-
-def _plain(m: nn.Module) -> type:
-    """The PyTorch layer ``m`` computes: its own type, or the one a subclass declares it equals
-    (``plain_equivalent``, as lickd's ConvTranspose2d); other subclasses (CompressAI's
-    MaskedConv2d) are not plain layers."""
-    return getattr(type(m), "plain_equivalent", type(m))
 
 
 def _is_gdn(m: nn.Module) -> bool:
@@ -44,11 +38,11 @@ def _activation(m: Optional[nn.Module]) -> Optional[str]:
 
 def _conv_spec(m: nn.Module) -> Optional[tuple]:
     """(transposed, stride, pad) when the kernels implement this layer, else None."""
-    if _plain(m) is nn.Conv2d and m.groups == 1 and m.dilation == (1, 1) and m.padding_mode == "zeros" \
+    if plain_layer_type(m) is nn.Conv2d and m.groups == 1 and m.dilation == (1, 1) and m.padding_mode == "zeros" \
             and m.kernel_size[0] == m.kernel_size[1] and m.stride[0] == m.stride[1] and m.padding[0] == m.padding[1] \
             and m.bias is not None:
         return False, m.stride[0], m.padding[0]
-    if _plain(m) is nn.ConvTranspose2d and m.kernel_size == (5, 5) and m.stride == (2, 2) and m.padding == (2, 2) \
+    if plain_layer_type(m) is nn.ConvTranspose2d and m.kernel_size == (5, 5) and m.stride == (2, 2) and m.padding == (2, 2) \
             and m.output_padding == (1, 1) and m.groups == 1 and m.dilation == (1, 1) and m.bias is not None:
         return True, 2, 2
     return None

@@ -99,9 +99,9 @@ class StudentCodec:
     def from_pretrained(cls, name_or_quality: Union[str, int, float, None] = None,
                         device: Union[str, torch.device, None] = "auto") -> "StudentCodec":
         """A shipped model: the default one (no argument), one by registry name (``name`` or
-        ``name@hash``), or the one for a quality 1..8 (the default variable-rate model codes at
-        any quality in that range, fractions too; among fixed-rate models the nearest quality,
-        with a warning, when that one is not shipped)."""
+        ``name@hash``), or the one for a quality 1..8 (a variable-rate model that offers it, the
+        default one first, at that quality, fractions too; else among fixed-rate models the
+        nearest quality, with a warning, when that one is not shipped)."""
         quality = None
         if name_or_quality is None:
             entry = zoo.find_default()
@@ -129,11 +129,11 @@ class StudentCodec:
             if not self.info.offers(q):
                 low, high = self.info.qualities
                 raise LickdError(f"model '{self.info.name}' offers qualities {low:g}..{high:g} "
-                                 f"(measured to beat JPEG there); got {quality}")
+                                 f"(measured to beat JPEG there); got {q:g}")
             return q
         if quality is not None and (self.info.quality is None or float(quality) != float(self.info.quality)):
             raise LickdError(f"model '{self.info.name}' codes at one rate only (quality {self.info.quality}); "
-                             f"quality {quality} needs a variable-rate model")
+                             f"drop the quality or choose a variable-rate model")
         return self.info.quality
 
     # ------------------------------------------------------------------ coding
@@ -149,11 +149,10 @@ class StudentCodec:
         (lickd.entropy.options.CodingOptions); the rest of how a file codes is fixed."""
         options = self.coding_options(**coder_settings)
         quality = self.quality_for(quality)
-        factor = self.model.downsampling_factor
         tensors = [to_tensor(img)[0] for img in images]
         sizes = [t.shape[-2:] for t in tensors]
         out: list[bytes] = [b""] * len(tensors)
-        for padded, members in _group_by(sizes, lambda s: _padded_size(s, factor)).items():
+        for padded, members in _group_by(sizes, self.padded_size).items():
             y = self._analysis([tensors[i] for i in members], padded, quality)
             for i in members:  # the float images are not needed past g_a: free them before coding
                 tensors[i] = None
@@ -211,7 +210,7 @@ class StudentCodec:
         if f.weights != self.info.short_hash:
             raise LickdError(f"file was encoded with model '{f.model}@{f.weights}', "
                              f"this codec holds '{self.name}'")
-        expected = self.model.latent_shapes(*_padded_size((f.height, f.width), self.model.downsampling_factor))
+        expected = self.model.latent_shapes(*self.padded_size((f.height, f.width)))
         got = {s.name: s.shape for s in f.sections}
         if got != expected:
             raise CorruptFileError(f"latent shapes {got} do not match the model and image size ({expected})")
@@ -249,10 +248,9 @@ class StudentCodec:
         files = [container.parse(d) for d in datas]
         for f in files:
             self.check_file(f)
-        factor = self.model.downsampling_factor
         out: list = [None] * len(files)
         for (padded, _), members in _group_by(
-                files, lambda f: (_padded_size((f.height, f.width), factor), f.coder)).items():
+                files, lambda f: (self.padded_size((f.height, f.width)), f.coder)).items():
             group = [files[i] for i in members]
             y_hat = self._decode_group(group)["y"]
             quality = torch.tensor([float(f.quality) for f in group]) if self.variable_rate else None

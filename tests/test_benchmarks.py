@@ -1,9 +1,12 @@
 """The benchmark scripts run on a CPU-only machine and write the JSON they promise (speed targets
 themselves are measured by the benchmarks, never asserted in tests)."""
+import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,7 +104,7 @@ def test_report_against_gives_per_image_differences(tmp_path):
 def test_ship_model_offers_the_widest_run_of_qualities_that_beat_jpeg():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        from ship_model import jpeg_psnr_at, offered_range
+        from ship_model import jpeg_psnr_at, offered_range, quality_range_arg
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
     qualities = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
@@ -109,8 +112,34 @@ def test_ship_model_offers_the_widest_run_of_qualities_that_beat_jpeg():
     assert offered_range(qualities, [0.5, 0.3, -0.1, -0.1, 0.2, 0.3, -0.4, -1], "auto") == (1, 2)  # tie: lower
     assert offered_range(qualities, [0.1] * 8, "auto") == (1, 8)
     assert offered_range(qualities, [0.1, -0.1] * 4, "auto") is None  # no two in a row
-    assert offered_range(qualities, [0.5, 0.3, 0.1, -0.1] * 2, "1-3") == (1, 3)
-    assert offered_range(qualities, [0.5, 0.3, 0.1, -0.1] * 2, "2-4") is None
+    assert offered_range(qualities, [0.5, 0.3, 0.1, -0.1] * 2, quality_range_arg("1-3")) == (1, 3)
+    assert offered_range(qualities, [0.5, 0.3, 0.1, -0.1] * 2, (2, 4)) is None
+    for bad in ("5-3", "3-3", "2.5-4", "x", "0-4", "1-9", "1-2-3"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            quality_range_arg(bad)
     anchor = {"results": {"bpp": [0.25, 0.5, 1.0], "psnr-rgb": [26.0, 29.0, 32.0]}}
     assert jpeg_psnr_at(0.5, anchor) == 29.0 and abs(jpeg_psnr_at(2 ** -1.5, anchor) - 27.5) < 1e-9
     assert abs(jpeg_psnr_at(2.0, anchor) - 35.0) < 1e-9  # extrapolated from the two highest
+
+
+def test_ship_model_measures_a_run_and_refuses_what_does_not_beat_jpeg(tmp_path, kodak_dir):
+    """A dry run on one Kodak image of a barely trained variable-rate run: every quality is
+    measured against the JPEG anchor and the run is refused; --force reports the whole range."""
+    from lickd.train import Trainer, load_config
+    train = tmp_path / "train"
+    train.mkdir()
+    from PIL import Image
+    Image.open(sorted(kodak_dir.glob("*.png"))[0]).crop((0, 0, 160, 160)).save(train / "a.png")
+    cfg = load_config(None, ("architecture=mbt2018-mean-vr", "N=8", "M=12", f"data={train}", "val_data=none",
+                             "patch_size=64", "batch_size=2", "steps=2", "val_every=0", "tensorboard=false",
+                             f"run_dir={tmp_path / 'run'}"))
+    Trainer(cfg, progress=False).train()
+    script = str(ROOT / "benchmarks" / "ship_model.py")
+    common = [sys.executable, script, str(tmp_path / "run"), "--name", "tiny", "--kodak", str(kodak_dir), "--limit", "1"]
+    r = subprocess.run(common, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "refused" in r.stderr, r.stderr[-2000:]
+    assert sum(line.startswith("q=") and "vs JPEG" in line for line in r.stderr.splitlines()) == 8
+    r = subprocess.run(common + ["--force", "--qualities", "2-5"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "offers qualities 2..5" in r.stderr, r.stderr[-2000:]
+    r = subprocess.run(common + ["--qualities", "5-3"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "LOW < HIGH" in r.stderr

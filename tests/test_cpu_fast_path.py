@@ -89,13 +89,16 @@ def test_codec_runs_its_cpu_transforms_channels_last_and_decodes_what_the_refere
 
 
 @pytest.mark.parametrize("cin,cout,k,s,h,w", [(64, 3, 5, 2, 31, 17), (8, 3, 5, 2, 7, 9), (4, 2, 3, 2, 5, 6),
-                                              (6, 3, 4, 2, 5, 5), (5, 1, 7, 3, 4, 6), (3, 3, 5, 2, 1, 2)])
+                                              (6, 3, 4, 2, 5, 5), (5, 1, 7, 3, 4, 6), (3, 3, 5, 2, 1, 2),
+                                              (4, 2, 2, 3, 3, 4)])  # k < s: a phase with no tap
 def test_phase_form_of_a_transposed_convolution_matches_float64(cin, cout, k, s, h, w, rng):
     """The last layer of g_s as one ordinary convolution plus a depth-to-space copy, against the
     transposed convolution in float64 (odd sizes, kernels larger and smaller than 2·stride)."""
-    p = (k - 1) // 2
+    p = max(0, (k - 1) // 2)
     op = s + 2 * p - k  # the output is s times the input, as deconv builds it
-    m = conv_module.ConvTranspose2d(cin, cout, k, s, p, op).eval()
+    if op >= s:  # PyTorch wants output_padding < stride: pad the other way
+        p, op = p + 1, op - 2
+    m = conv_module.PhaseConvTranspose2d(cin, cout, k, s, p, op).eval()
     with torch.no_grad():
         m.weight.copy_(torch.from_numpy(rng.normal(0, 0.2, m.weight.shape)))
         m.bias.copy_(torch.from_numpy(rng.normal(0, 1, cout)))
@@ -109,19 +112,24 @@ def test_phase_form_of_a_transposed_convolution_matches_float64(cin, cout, k, s,
     assert out.shape == ref.shape == (2, cout, s * h, s * w) and out.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(out, direct)  # the module took the phase form
     assert torch.allclose(out.double(), ref, rtol=1e-5, atol=1e-5), float((out.double() - ref).abs().max())
+    with torch.no_grad():  # new parameters (replaced or changed in place): the phase kernel follows
+        m.bias = torch.nn.Parameter(m.bias + 1)
+        m.weight.mul_(2)
+        ref = torch.nn.functional.conv_transpose2d(x.double(), m.weight.double(), m.bias.double(), s, p, op)
+        assert torch.allclose(m(x).double(), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_transposed_convolution_keeps_pytorchs_path_elsewhere(rng):
     """Training (autograd on), NCHW inputs and wide layers stay on PyTorch's own transposed
     convolution; gradients flow, and the state_dict is PyTorch's."""
-    m = conv_module.ConvTranspose2d(4, 3, 5, 2, 2, 1)
+    m = conv_module.PhaseConvTranspose2d(4, 3, 5, 2, 2, 1)
     x = torch.from_numpy(rng.normal(0, 1, (1, 4, 6, 7))).float().contiguous(memory_format=torch.channels_last)
     x.requires_grad_(True)
     m(x).square().sum().backward()
     assert x.grad is not None and m.weight.grad is not None
     assert set(m.state_dict()) == set(torch.nn.ConvTranspose2d(4, 3, 5, 2, 2, 1).state_dict())
-    wide = conv_module.ConvTranspose2d(4, 16, 5, 2, 2, 1).eval()
-    odd = conv_module.ConvTranspose2d(4, 3, 5, 2, 2, 0).eval()  # output 2H - 1: no phase form
+    wide = conv_module.PhaseConvTranspose2d(4, 16, 5, 2, 2, 1).eval()
+    odd = conv_module.PhaseConvTranspose2d(4, 3, 5, 2, 2, 0).eval()  # output 2H - 1: no phase form
     assert not conv_module.has_phase_form(odd)
     with torch.no_grad():
         for layer, inp in ((wide, x), (odd, x), (m, x.contiguous())):

@@ -167,6 +167,7 @@ def test_a_broken_checkpoint_gets_one_clear_error_from_resume_export_and_saved_c
     with pytest.raises(FileNotFoundError, match="no checkpoint in"):
         saved_config(cfg.run_dir)
 
+
 def test_resume_accepts_a_checkpoint_that_predates_a_new_field(tmp_path, train_dir):
     from lickd.train.checkpoint import config_changes as _config_changes
     cfg = config(tmp_path, train_dir)
@@ -459,6 +460,11 @@ def test_warm_start_takes_the_named_modules_across_architectures(tmp_path, train
     assert hyper and all(torch.equal(own[n], fresh[n]) for n in hyper)
     assert not all(torch.equal(own[n], theirs[n]) for n in hyper if n.startswith("h_a."))
     assert trainer.train()["step"] == 2
+    start = next(r for r in read_metrics(cfg.run_dir) if r.get("event") == "start")
+    assert start["warm_started"] == len(taken) and start["init_parts"] == "g_a,g_s,gain_units"
+    with pytest.raises(ValueError, match="names no module"):
+        Trainer(config(tmp_path, train_dir, f"init={path}", "init_parts= , ", "run_dir=" + str(tmp_path / "r4")),
+                progress=False)
     with pytest.raises(ValueError, match="no module 'h_z'"):
         Trainer(config(tmp_path, train_dir, "architecture=bmshj2018-hyperprior-vr", f"init={path}",
                        "init_parts=g_a,h_z", "run_dir=" + str(tmp_path / "r2")), progress=False)

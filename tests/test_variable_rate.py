@@ -169,3 +169,50 @@ def test_the_registry_picks_a_variable_rate_model_by_the_range_it_offers(monkeyp
     assert zoo.find_quality(7).name == "low"  # the only one: its codec says what it offers
     assert low.offers(1) and low.offers(4) and not low.offers(4.01)
     assert zoo.ModelInfo(name="all", architecture="mbt2018-mean-vr", N=8, M=8).offers(8)
+
+
+def test_narrowed_copy_keeps_the_tensors_and_the_registry_reads_its_range(monkeypatch, tmp_path):
+    from safetensors.torch import load_file
+    model = make_vr()
+    info = zoo.ModelInfo(name="vr", architecture="mbt2018-mean-vr", N=model.N, M=model.M, quality=3)
+    (tmp_path / "weights").mkdir()
+    wide = zoo.save_weights(model, tmp_path / "weights" / "vr.safetensors", info, half=True)
+    narrow = zoo.narrow_qualities(wide.path, tmp_path / "weights" / "narrow.safetensors", (1, 5))
+    a, b = load_file(str(wide.path)), load_file(str(narrow.path))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
+    assert narrow.qualities == (1.0, 5.0) and narrow.sha256 != wide.sha256
+    assert zoo.load_weights(narrow.path)[1].qualities == (1.0, 5.0)
+    fixed = zoo.save_weights(build_model("mbt2018-mean", 8, 8), tmp_path / "f.safetensors",
+                             zoo.ModelInfo(name="f", architecture="", N=0, M=0, quality=3))
+    with pytest.raises(ValueError, match="variable-rate"):
+        zoo.narrow_qualities(fixed.path, tmp_path / "g.safetensors", (1, 5))
+    entry = {"name": "narrow", "file": "narrow.safetensors", "sha256": narrow.sha256,
+             "architecture": "mbt2018-mean-vr", "N": model.N, "M": model.M, "quality": 3, "qualities": [1, 5]}
+    monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path)
+    monkeypatch.setattr(zoo, "REGISTRY_PATH", tmp_path / "registry.json")
+    (tmp_path / "registry.json").write_text(json.dumps({"models": [entry]}))
+    assert zoo.registry()[0].qualities == (1.0, 5.0)
+    assert StudentCodec.from_pretrained(4.5, device="cpu").quality == 4.5
+    with pytest.raises(LickdError, match=r"offers qualities 1\.\.5"):
+        StudentCodec.from_pretrained(6, device="cpu")
+    for bad in ([], [5, 1], "1-5", [1, 9]):
+        (tmp_path / "registry.json").write_text(json.dumps({"models": [{**entry, "qualities": bad}]}))
+        with pytest.raises(CorruptFileError, match="malformed entry 'narrow'"):
+            zoo.registry()
+
+
+def test_eval_of_a_narrowed_model_measures_the_qualities_it_offers(tmp_path, capsys, rng):
+    from lickd.cli import main
+    model = make_vr()
+    path = zoo.save_weights(model, tmp_path / "n.safetensors", zoo.ModelInfo(
+        name="n", architecture="mbt2018-mean-vr", N=model.N, M=model.M, quality=3, qualities=(2, 4))).path
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(random_image(64, 64, rng)).save(folder / "a.png")
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(folder), "--weights", str(path), "--device", "cpu", "-o", str(out), "--quiet"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["results"]["quality"] == [2, 3, 4] and "qualities 2..4" in doc["description"]
+    assert main(["eval", str(folder), "--weights", str(path), "--device", "cpu", "-q", "7", "-o",
+                 str(tmp_path / "x.json"), "--quiet"]) == 2
+    assert "offers qualities 2..4" in capsys.readouterr().err

@@ -79,19 +79,22 @@ def load_codec(device: str, weights=None, model=None, quality=None):
             raise CliError(None, NO_MODELS)
         elif model:
             codec = StudentCodec.from_pretrained(model, device=device)
-        else:
-            return StudentCodec.from_pretrained(quality, device=device)
+        elif quality is None:
+            return StudentCodec.from_pretrained(device=device)
+        else:  # the shipped model for this quality (a fixed-rate one: the nearest, with a warning)
+            entry = zoo.find_quality(quality)
+            codec = StudentCodec.from_pretrained(f"{entry.name}@{entry.sha256}", device=device)
+            if not codec.variable_rate:
+                return codec
     except LickdError as e:  # the message names the weights file or the registry
         raise CliError(None, str(e)) from None
     if quality is not None:
-        if not codec.variable_rate and float(quality) != float(codec.info.quality or -1):
-            raise UsageError(None, f"-q {quality:g}: model '{codec.info.name}' codes at one rate only "
-                                   f"(quality {codec.info.quality}); drop -q or choose a variable-rate model")
+        try:
+            chosen = codec.quality_for(quality)
+        except LickdError as e:  # a fixed-rate model's other quality, or one outside a model's range
+            raise UsageError(None, f"-q {quality:g}: {e}") from None
         if codec.variable_rate:
-            try:
-                codec.quality = codec.quality_for(quality)
-            except LickdError as e:
-                raise UsageError(None, f"-q {quality:g}: {e}") from None
+            codec.quality = chosen
     return codec
 
 

@@ -29,8 +29,8 @@ def _write_json(doc: dict, output) -> None:
 
 def _lickd_points(args, fused) -> list:
     """The points of a lickd ``eval``: each --weights or --model (a variable-rate model at every
-    -q, by default 1..8; a fixed-rate one at its own quality), else the shipped models for -q,
-    else every shipped model."""
+    -q it offers, by default each whole quality it offers of 1..8; a fixed-rate one at its own
+    quality), else the shipped models for -q, else every shipped model."""
     from .. import zoo
     from ..eval.codecs import LickdCodec
     from ..models import MSE_LAMBDAS
@@ -73,7 +73,11 @@ def _lickd_points(args, fused) -> list:
     points = []
     for c in codecs:
         if c.variable_rate:
-            points += [LickdCodec(c, fused=fused, quality=q) for q in qualities or range(1, len(MSE_LAMBDAS) + 1)]
+            offered = [q for q in qualities or range(1, len(MSE_LAMBDAS) + 1) if c.info.offers(q)]
+            if not offered:
+                low, high = c.info.qualities
+                raise UsageError(None, f"-q: model '{c.info.name}' offers qualities {low:g}..{high:g}")
+            points += [LickdCodec(c, fused=fused, quality=q) for q in offered]
         elif qualities and not args.weights and not args.model and c.info.quality not in qualities:
             continue
         else:

@@ -60,6 +60,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..layers.conv import parameters_key, plain_layer_type
+
 ACT_BITS = 14
 WEIGHT_BITS = 18
 _MANTISSA_BITS = 53
@@ -122,7 +124,7 @@ class _Layer:
 def _supported(m: nn.Module) -> bool:
     if isinstance(m, (nn.ReLU, nn.LeakyReLU)):
         return True
-    if getattr(type(m), "plain_equivalent", type(m)) in (nn.Conv2d, nn.ConvTranspose2d):  # not MaskedConv2d
+    if plain_layer_type(m) in (nn.Conv2d, nn.ConvTranspose2d):  # not MaskedConv2d
         return m.groups == 1 and m.dilation == (1, 1) and m.padding_mode == "zeros" and isinstance(m.padding, tuple)
     return False
 
@@ -149,7 +151,7 @@ def _compiled(seq: nn.Sequential, device: torch.device, attr: str, layer_cls) ->
     and cached in ``seq.__dict__[attr]`` (not a submodule: the state_dict is unchanged). The
     layers are stored before the key, so a thread that sees the key sees its layers."""
     cache = seq.__dict__.setdefault(attr, {})
-    key = (device, tuple((p.data_ptr(), p._version) for p in seq.parameters()))
+    key = (device, parameters_key(seq.parameters()))
     if cache.get("key") != key:
         cache["layers"] = {i: layer_cls(m, device) for i, m in enumerate(seq)
                            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))}

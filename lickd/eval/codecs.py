@@ -91,7 +91,8 @@ class LickdCodec:
 
     def description(self) -> str:
         i = self.codec.info
-        rate = "variable rate (qualities 1..8)" if self.codec.variable_rate else f"lambda={i.lmbda}"
+        low, high = i.qualities or (1, 8)
+        rate = f"variable rate (qualities {low:g}..{high:g})" if self.codec.variable_rate else f"lambda={i.lmbda}"
         return (f"lickd {i.name}@{i.short_hash}: {i.architecture} N={i.N} M={i.M} {rate} "
                 f"({i.metric}), device {self.codec.device.type}"
                 + (f", g_a/g_s fused kernels {self.fused}" if self.fused else ""))

@@ -1,6 +1,6 @@
 """Neural-network layers of the transforms (PyTorch reference implementations)."""
-from .conv import conv, deconv
+from .conv import PhaseConvTranspose2d, conv, deconv, plain_layer_type
 from .gdn import GDN
 from .ops import LowerBound, NonNegativeParametrizer
 
-__all__ = ["GDN", "LowerBound", "NonNegativeParametrizer", "conv", "deconv"]
+__all__ = ["GDN", "LowerBound", "NonNegativeParametrizer", "PhaseConvTranspose2d", "conv", "deconv", "plain_layer_type"]

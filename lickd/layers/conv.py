@@ -1,12 +1,13 @@
 """The strided convolutions of the Ballé-family transforms (CompressAI's ``conv``/``deconv``).
 
-``ConvTranspose2d`` is PyTorch's, with the same parameters and ``state_dict``; in inference on
-the CPU with a channels_last input and few output channels (the last layer of g_s, which makes
-the image) it runs as one ordinary convolution with ``stride²·out_channels`` outputs followed by a
-depth-to-space copy (``phase_conv_transpose``). oneDNN's transposed convolution with 3 output
-channels is slow: measured on the 2-vCPU AVX2 machine at 256×384×64 → 512×768×3, 43 ms (12 GMAC/s)
-against 18 ms for the phase convolution (its zero taps included) plus ~2 ms for the copy; with 64
-output channels the transposed convolution is the faster, so it keeps those.
+``PhaseConvTranspose2d`` is PyTorch's transposed convolution, with its parameters and
+``state_dict``; without autograd, in float32 on the CPU with a channels_last input and few output
+channels (the last layer of g_s, which makes the image) it runs as one ordinary convolution with
+``stride²·out_channels`` outputs followed by a depth-to-space copy (``phase_conv_transpose``).
+oneDNN's transposed convolution with 3 output channels is slow: measured on the 2-vCPU AVX2
+machine at 256×384×64 → 512×768×3, 30-43 ms (~12 GMAC/s) against 23-31 ms for the phase form
+(its zero taps included, the copy ~3 ms); with 64 output channels the transposed convolution is
+the faster, so those keep it.
 """
 from typing import Optional
 
@@ -16,7 +17,21 @@ import torch.nn.functional as F
 from torch import Tensor
 
 #: a transposed convolution with fewer output channels than this takes the phase form on the CPU
-PHASE_MAX_OUT_CHANNELS = 16
+PHASE_OUT_CHANNELS_BELOW = 16
+
+
+def plain_layer_type(m: nn.Module) -> type:
+    """The PyTorch layer ``m`` computes: its own type, or the one a subclass declares it equals
+    (``plain_equivalent``). Code that handles plain PyTorch convolutions only (the fused kernels,
+    the exact entropy-parameter path) asks this, so that CompressAI's MaskedConv2d stays out and
+    lickd's PhaseConvTranspose2d is in."""
+    return getattr(type(m), "plain_equivalent", type(m))
+
+
+def parameters_key(tensors) -> tuple:
+    """What a cache of values derived from ``tensors`` is valid for: each one's storage, version
+    and shape (a replaced tensor, an in-place update or a resize changes it)."""
+    return tuple(None if t is None else (t.data_ptr(), t._version, tuple(t.shape)) for t in tensors)
 
 
 def conv(in_channels: int, out_channels: int, kernel_size: int = 5, stride: int = 2) -> nn.Conv2d:
@@ -26,27 +41,26 @@ def conv(in_channels: int, out_channels: int, kernel_size: int = 5, stride: int 
 
 def deconv(in_channels: int, out_channels: int, kernel_size: int = 5, stride: int = 2) -> nn.ConvTranspose2d:
     """Transposed convolution that multiplies H and W by ``stride``."""
-    return ConvTranspose2d(
+    return PhaseConvTranspose2d(
         in_channels, out_channels, kernel_size, stride=stride,
         output_padding=stride - 1, padding=kernel_size // 2,
     )
 
 
-class ConvTranspose2d(nn.ConvTranspose2d):
-    """``nn.ConvTranspose2d`` that takes the phase form where it is faster (module docstring)."""
+class PhaseConvTranspose2d(nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` that takes its phase form where that is faster (module docstring)."""
 
-    #: the same function as PyTorch's layer: code that accepts only plain PyTorch layers (the
-    #: fused kernels, the exact entropy-parameter path) accepts this one too
+    #: the same function as PyTorch's layer (``plain_layer_type``)
     plain_equivalent = nn.ConvTranspose2d
     _phase_cache: Optional[tuple] = None
 
-    def forward(self, x: Tensor, output_size=None) -> Tensor:
-        if output_size is None and _takes_phase_path(self, x):
-            return phase_conv_transpose(x, *self._phase_weights())
-        return super().forward(x, output_size)
+    def forward(self, input: Tensor, output_size=None) -> Tensor:
+        if output_size is None and _takes_phase_path(self, input):
+            return phase_conv_transpose(input, *self._phase_weights())
+        return super().forward(input, output_size)
 
     def _phase_weights(self) -> tuple[Tensor, Tensor, int, tuple[int, int]]:
-        key = (self.weight._version, self.weight.data_ptr(), None if self.bias is None else self.bias._version)
+        key = parameters_key((self.weight, self.bias))
         if self._phase_cache is None or self._phase_cache[0] != key:
             self._phase_cache = (key, *phase_weights(self.weight.detach(), None if self.bias is None else
                                                      self.bias.detach(), self.stride[0], self.padding[0]))
@@ -66,7 +80,7 @@ def has_phase_form(m: nn.ConvTranspose2d) -> bool:
 def _takes_phase_path(m: nn.ConvTranspose2d, x: Tensor) -> bool:
     return (x.dim() == 4 and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
             and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-            and m.out_channels < PHASE_MAX_OUT_CHANNELS and has_phase_form(m))
+            and m.out_channels < PHASE_OUT_CHANNELS_BELOW and has_phase_form(m))
 
 
 def phase_weights(weight: Tensor, bias: Optional[Tensor], stride: int, padding: int

@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .. import zoo
 from ..models import ARCHITECTURES, CompressionModel
@@ -33,15 +33,14 @@ def write_tensors(tensors: dict, path: Path, metadata: dict) -> None:
                                             metadata={k: json.dumps(v) for k, v in metadata.items()}))
 
 
-def read_metadata(path: Path) -> dict:
+def read_tensors(path: Path, tensors: bool = True) -> tuple[dict, dict]:
+    """A safetensors file's tensors (none when ``tensors`` is false) and its JSON metadata, from
+    one open file (a file replaced meanwhile cannot mix two versions)."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-
-
-def read_tensors(path: Path) -> tuple[dict, dict]:
-    return load_file(str(path)), read_metadata(path)
+        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+        return ({k: f.get_tensor(k) for k in f.keys()} if tensors else {}), meta
 
 
 def read_checkpoint(run_dir: os.PathLike, tensors: bool = True) -> tuple[dict, dict]:
@@ -51,9 +50,9 @@ def read_checkpoint(run_dir: os.PathLike, tensors: bool = True) -> tuple[dict, d
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint in {run_dir}")
     try:
-        meta = read_metadata(path)
+        data, meta = read_tensors(path, tensors)
         int(meta["step"]), dict(meta["config"])
-        return (load_file(str(path)) if tensors else {}), meta
+        return data, meta
     except (KeyError, TypeError, OSError, ValueError, RuntimeError, SafetensorError) as e:
         raise ValueError(f"{path}: not a lickd training checkpoint ({type(e).__name__}: {e})") from None
 
@@ -133,8 +132,11 @@ def warm_start(model: CompressionModel, source: CompressionModel, parts: list[st
     missing from either model, or a parameter of another shape, is an error."""
     own, theirs = model.state_dict(), source.state_dict()
     params = {n for n, _ in model.named_parameters()}
+    parts = [p.strip() for p in parts if p.strip()]
+    if not parts:
+        raise ValueError("init_parts names no module")
     copied = []
-    for part in (p.strip() for p in parts if p.strip()):
+    for part in parts:
         names = [n for n in own if n.startswith(part + ".")]
         if not names or not any(n.startswith(part + ".") for n in theirs):
             raise ValueError(f"init_parts: no module '{part}' in both models")
@@ -150,10 +152,8 @@ def warm_start(model: CompressionModel, source: CompressionModel, parts: list[st
     return copied
 
 
-def export_run(run_dir: os.PathLike, output: os.PathLike, half: bool = False, name: Optional[str] = None,
-               qualities: Optional[tuple[float, float]] = None) -> zoo.ModelInfo:
-    """Registry-ready weights from a run's latest checkpoint (projections dropped, tables built);
-    ``qualities`` narrows the range a variable-rate model offers (``ModelInfo.qualities``)."""
+def export_run(run_dir: os.PathLike, output: os.PathLike, half: bool = False, name: Optional[str] = None) -> zoo.ModelInfo:
+    """Registry-ready weights from a run's latest checkpoint (projections dropped, tables built)."""
     from .config import from_dict
 
     run_dir = Path(run_dir)
@@ -165,10 +165,6 @@ def export_run(run_dir: os.PathLike, output: os.PathLike, half: bool = False, na
     info = run_model_info(cfg, model, int(meta["step"]), meta.get("world_size", 1), meta.get("cpu_seconds"), run_dir)
     if name:
         info.name = name
-    if qualities is not None:
-        if not model.variable_rate:
-            raise ValueError("a quality range is for variable-rate models")
-        info.qualities = zoo.quality_range(qualities)
     return zoo.save_weights(model, output, info, half=half)
 
 
@@ -194,9 +190,10 @@ def run_model_info(cfg: TrainConfig, model: CompressionModel, step: int, world: 
         training={"steps": step, "seed": cfg.seed, "teacher": cfg.kd.teacher if cfg.distilling else None,
                   "kd": cfg.to_dict()["kd"] if cfg.kd.teacher else None, "commit": git_commit(),
                   "batch_size": cfg.batch_size * world, "patch_size": cfg.patch_size,
+                  "init": cfg.init, "init_parts": cfg.init_parts,
                   "cpu_hours": round(cpu_seconds / 3600, 3) if cpu_seconds is not None else None})
 
 
 __all__ = ["CHECKPOINT", "EXPORT", "RESUMABLE_CHANGES", "config_changes", "export_run", "exported_model", "load_optimizer",
-           "optimizer_tensors", "read_checkpoint", "read_metadata", "read_tensors", "run_model_info", "saved_config",
+           "optimizer_tensors", "read_checkpoint", "read_tensors", "run_model_info", "saved_config",
            "warm_start", "write_tensors"]

@@ -48,6 +48,7 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         self.progress = progress and self.is_main
         self.stop_requested = False
+        self.warm_started: list[str] = []  # tensor names taken from cfg.init by init_parts
 
         # Model, identical on every rank (DDP also broadcasts rank 0's at wrap time).
         torch.manual_seed(cfg.seed)
@@ -56,7 +57,8 @@ class Trainer:
         else:  # a resumed run takes its weights from its checkpoint: the init file need not exist any more
             self.model = build_model(cfg.architecture, cfg.N, cfg.M).to(self.device)
             if cfg.init and not resume:
-                warm_start(self.model, zoo.load_weights(cfg.init, device=self.device)[0], cfg.init_parts.split(","))
+                self.warm_started = warm_start(self.model, zoo.load_weights(cfg.init, device=self.device)[0],
+                                               cfg.init_parts.split(","))
         got = (self.model.architecture, self.model.N, self.model.M)
         if got != (cfg.architecture, cfg.N, cfg.M):  # the config must say what the run trains
             raise ValueError(f"init {cfg.init} is {got[0]} N={got[1]} M={got[2]}; the configuration says "
@@ -258,12 +260,16 @@ class Trainer:
         def part(prefix):
             return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
-        self.model.load_state_dict(part("model"))
-        self.projection.load_state_dict(part("projection"))
-        if self.ema is not None:
-            self.ema = {k: v.to(self.device) for k, v in part("ema").items()}
-        load_optimizer(self.optimizer, tensors, meta["opt"]["param_groups"], "opt")
-        load_optimizer(self.aux_optimizer, tensors, meta["aux_opt"]["param_groups"], "aux_opt")
+        try:
+            self.model.load_state_dict(part("model"))
+            self.projection.load_state_dict(part("projection"))
+            if self.ema is not None:
+                self.ema = {k: v.to(self.device) for k, v in part("ema").items()}
+            load_optimizer(self.optimizer, tensors, meta["opt"]["param_groups"], "opt")
+            load_optimizer(self.aux_optimizer, tensors, meta["aux_opt"]["param_groups"], "aux_opt")
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise ValueError(f"{self.run_dir / CHECKPOINT}: its state does not fit this run "
+                             f"({type(e).__name__}: {e})") from None
         self.step = int(meta["step"])
         self.cpu_seconds, self.wall_seconds = float(meta.get("cpu_seconds", 0)), float(meta.get("wall_seconds", 0))
         self._clock = (time.process_time(), time.time())
@@ -362,7 +368,9 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.progress, file=sys.stderr, unit="step")
         if self.is_main and self.step == 0:
             self._log({"event": "start", "aux_note": "aux loss trains only the EntropyBottleneck quantiles "
-                                                    "(its CDF support); it does not affect the RD loss"})
+                                                    "(its CDF support); it does not affect the RD loss",
+                       **({"warm_started": len(self.warm_started), "init_parts": cfg.init_parts}
+                          if self.warm_started else {})})
         try:
             while self.step < cfg.steps:
                 stats = self.train_step()

@@ -148,6 +148,25 @@ def save_weights(model: CompressionModel, path: os.PathLike, info: ModelInfo, ha
     return info
 
 
+def narrow_qualities(path: os.PathLike, output: os.PathLike, qualities: tuple[float, float]) -> ModelInfo:
+    """A copy of a variable-rate weights file that offers only ``qualities``: the same tensors,
+    byte for byte, the range added to its metadata (what ``benchmarks/ship_model.py`` ships
+    after measuring every quality of the original)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        info = ModelInfo.from_metadata(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if not info.variable_rate:
+        raise ValueError(f"{path}: a quality range is for variable-rate models")
+    info.qualities = quality_range(qualities)
+    from ..fileio import atomic_save
+
+    atomic_save(output, lambda tmp: save_file(tensors, tmp, metadata=info.metadata()))
+    info.sha256, info.path = file_sha256(output), Path(output)
+    return info
+
+
 def load_weights(path: os.PathLike, expected_sha256: Optional[str] = None,
                  device: str | torch.device = "cpu") -> tuple[CompressionModel, ModelInfo]:
     """Builds the model stored in a lickd safetensors file (no unpickling), in eval mode."""
@@ -183,12 +202,16 @@ def registry() -> list[ModelInfo]:
     entries = json.loads(REGISTRY_PATH.read_text()).get("models", [])
     out = []
     for e in entries:
-        out.append(ModelInfo(name=e["name"], architecture=e["architecture"], N=e["N"], M=e["M"],
-                             quality=e.get("quality"), lmbda=e.get("lambda"), metric=e.get("metric", "mse"),
-                             qualities=quality_range(e["qualities"]) if e.get("qualities") else None,
-                             sha256=e["sha256"], path=ZOO_DIR / "weights" / e["file"],
-                             description=e.get("description", ""), default=bool(e.get("default")),
-                             measured=e.get("measured", {})))
+        try:
+            out.append(ModelInfo(name=e["name"], architecture=e["architecture"], N=e["N"], M=e["M"],
+                                 quality=e.get("quality"), lmbda=e.get("lambda"), metric=e.get("metric", "mse"),
+                                 qualities=quality_range(e["qualities"]) if "qualities" in e else None,
+                                 sha256=e["sha256"], path=ZOO_DIR / "weights" / e["file"],
+                                 description=e.get("description", ""), default=bool(e.get("default")),
+                                 measured=e.get("measured", {})))
+        except (KeyError, TypeError, ValueError) as err:
+            raise CorruptFileError(f"{REGISTRY_PATH}: malformed entry {e.get('name', '?')!r} "
+                                   f"({type(err).__name__}: {err})") from None
     return out
 
 
@@ -243,4 +266,4 @@ def find_quality(quality: float) -> ModelInfo:
     return best
 
 
-__all__ = ["ModelInfo", "file_sha256", "quality_range", "state_sha256", "find", "find_default", "find_quality", "load_weights", "registry", "save_weights"]
+__all__ = ["ModelInfo", "file_sha256", "narrow_qualities", "quality_range", "state_sha256", "find", "find_default", "find_quality", "load_weights", "registry", "save_weights"]
