@@ -31,7 +31,7 @@ im2col and the float64 block sums remain; a transposed convolution runs as one o
 convolution per output phase, without col2im), and a GPU needs no float64 for it. The image is
 not tiled (the activation steps are per image, over a whole layer): each layer holds its float32
 input, its integers and its output at once, and its GEMMs run over blocks of output rows, so the
-scratch stays under ~V2_BLOCK_BYTES (24 MP decode: 1.74 GB peak RSS for the whole codec).
+scratch stays under ~V2_BLOCK_BYTES (24 MP decode: 1.48 GB peak RSS for the whole codec).
 Where float32 GEMMs are not exact (a bf16 "fast" matmul mode), the same sums run as float64
 GEMMs: ``float32_gemm_is_exact`` checks a worst case at every evaluation.
 
