@@ -475,3 +475,22 @@ def test_warm_start_takes_the_named_modules_across_architectures(tmp_path, train
                        "run_dir=" + str(tmp_path / "r3")), progress=False)
     with pytest.raises(ValueError, match="set init too"):
         config(tmp_path, train_dir, "init_parts=g_a")
+
+
+def test_stratified_qualities_cover_every_level_in_each_batch(tmp_path, train_dir):
+    from lickd.train.data import CropSampler, ImageFolder
+    data = ImageFolder(train_dir, 32, torch.device("cpu"))
+    for batch, levels in ((8, 8), (12, 8), (3, 8), (16, 8)):
+        sampler = CropSampler(data, batch, seed=4)
+        draws = [sampler.qualities(levels, stratified=True) for _ in range(50)]
+        for q in draws:
+            counts = torch.bincount(q, minlength=levels + 1)[1:]
+            assert q.shape == (batch,) and int(q.min()) >= 1 and int(q.max()) <= levels
+            assert int(counts.max()) - int(counts.min()) <= 1  # as even as the batch allows
+        if batch < levels:  # the remainder differs from batch to batch: every level still appears
+            assert set(torch.cat(draws).tolist()) == set(range(1, levels + 1))
+    cfg = config(tmp_path, train_dir, "architecture=mbt2018-mean-vr", "quality_sampling=stratified", "steps=2",
+                 "batch_size=4")
+    assert Trainer(cfg, progress=False).train()["step"] == 2
+    with pytest.raises(ValueError, match="quality_sampling"):
+        config(tmp_path, train_dir, "quality_sampling=biased")

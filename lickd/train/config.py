@@ -65,6 +65,9 @@ class TrainConfig:
     # what h_s and g_s see of the quantised latents in training: "noise" (CompressAI's uniform
     # noise) or "mixed" (noise for the rate terms, straight-through rounding into the synthesis)
     quantization: str = "noise"
+    # variable rate: each crop's quality drawn "uniform"ly and independently, or "stratified" (every
+    # quality equally often in each batch: lower gradient variance, the same expectation)
+    quality_sampling: str = "uniform"
     clip_max_norm: float = 1.0
     ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off)
     # bf16 autocast of the transforms (entropy models stay fp32): true, false, or "auto": on where
@@ -164,6 +167,8 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError("optimizer_state must be full, compact or none")
     if cfg.quantization not in ("noise", "mixed"):
         raise ValueError("quantization must be noise or mixed")
+    if cfg.quality_sampling not in ("uniform", "stratified"):
+        raise ValueError("quality_sampling must be uniform or stratified")
     if cfg.metric not in ("mse", "ms-ssim"):
         raise ValueError("metric must be 'mse' or 'ms-ssim'")
     if cfg.init_parts and not cfg.init:

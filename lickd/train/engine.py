@@ -168,7 +168,8 @@ class Trainer:
             group["lr"] = cfg.lr * self.lr_factor(self.step)
         x = self.sampler.next()
         # A variable-rate model trains every quality at once: one drawn per crop, with its lambda.
-        quality = self.sampler.qualities(QUALITY_LEVELS).to(self.device) if self.variable_rate else None
+        quality = (self.sampler.qualities(QUALITY_LEVELS, cfg.quality_sampling == "stratified").to(self.device)
+                   if self.variable_rate else None)
         lmbda = _lambdas(quality)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
