@@ -353,8 +353,8 @@ def test_variable_rate_model_trains_every_quality_and_codes_them(tmp_path, train
     qualities = []
     original = trainer.sampler.qualities
 
-    def record(levels):
-        q = original(levels)
+    def record(levels, stratified=False):
+        q = original(levels, stratified)
         qualities.extend(q.tolist())
         return q
 
