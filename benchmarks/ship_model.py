@@ -154,9 +154,12 @@ def main(argv=None) -> int:
     print(f"fp16 vs fp32: PSNR {min(d_psnr):+.4f} .. {max(d_psnr):+.4f} dB, "
           f"bytes {100 * min(d_bytes):+.3f} .. {100 * max(d_bytes):+.3f} %", file=sys.stderr)
 
+    def shipped_description(c) -> str:
+        return LickdCodec(c).description() + " (fp16 weights as shipped)"
+
     points = [LickdCodec(codec, quality=q if codec.variable_rate else None) for q in qualities]
-    doc = evaluate(points, images, name=f"lickd {args.name}", description="; ".join(
-        p.description() for p in points[:1]) + " (fp16 weights as shipped)", dataset=str(args.kodak))
+    doc = evaluate(points, images, name=f"lickd {args.name}", description=shipped_description(codec),
+                   dataset=str(args.kodak))
     doc["fp16_vs_fp32"] = fp16
     jpeg = json.loads((RESULTS / "jpeg.json").read_text())
     r = doc["results"]
@@ -184,8 +187,7 @@ def main(argv=None) -> int:
     if offered is not None:  # the measured tensors, the range in the metadata
         half = zoo.narrow_qualities(half.path, tmp / "offered.safetensors", offered)
         codec = StudentCodec.from_file(half.path, device="cpu")
-        doc["name"] = f"lickd {args.name}"
-        doc["description"] = LickdCodec(codec).description() + " (fp16 weights as shipped)"
+        doc["description"] = shipped_description(codec)  # names the file that ships
 
     default_q = codec.quality_for(None)
     kodim01 = doc["per_image"][qualities.index(default_q) if codec.variable_rate else 0]["images"]["kodim01.png"]

@@ -127,7 +127,7 @@ class StudentCodec:
         if self.variable_rate:
             q = check_quality(self.quality if quality is None else quality)
             if not self.info.offers(q):
-                low, high = self.info.qualities
+                low, high = self.info.offered_range
                 raise LickdError(f"model '{self.info.name}' offers qualities {low:g}..{high:g} "
                                  f"(measured to beat JPEG there); got {q:g}")
             return q

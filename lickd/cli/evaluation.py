@@ -75,7 +75,7 @@ def _lickd_points(args, fused) -> list:
         if c.variable_rate:
             offered = [q for q in qualities or range(1, len(MSE_LAMBDAS) + 1) if c.info.offers(q)]
             if not offered:
-                low, high = c.info.qualities
+                low, high = c.info.offered_range
                 raise UsageError(None, f"-q: model '{c.info.name}' offers qualities {low:g}..{high:g}")
             points += [LickdCodec(c, fused=fused, quality=q) for q in offered]
         elif qualities and not args.weights and not args.model and c.info.quality not in qualities:

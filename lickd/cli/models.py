@@ -24,7 +24,7 @@ def cmd_models(args) -> None:
         return
     for e in entries:
         size = e.path.stat().st_size if e.path and e.path.exists() else 0
-        low, high = e.qualities or (1, 8)
+        low, high = e.offered_range
         rate = (f"qualities {low:g}..{high:g} (variable rate)" if e.variable_rate
                 else f"quality {e.quality}, lambda {e.lmbda}")
         print(f"{e.name}@{e.short_hash}{'  (default)' if e.default else ''}")

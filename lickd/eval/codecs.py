@@ -91,7 +91,7 @@ class LickdCodec:
 
     def description(self) -> str:
         i = self.codec.info
-        low, high = i.qualities or (1, 8)
+        low, high = i.offered_range
         rate = f"variable rate (qualities {low:g}..{high:g})" if self.codec.variable_rate else f"lambda={i.lmbda}"
         return (f"lickd {i.name}@{i.short_hash}: {i.architecture} N={i.N} M={i.M} {rate} "
                 f"({i.metric}), device {self.codec.device.type}"

@@ -55,12 +55,17 @@ class ModelInfo:
     def variable_rate(self) -> bool:
         return bool(getattr(ARCHITECTURES.get(self.architecture), "variable_rate", False))
 
+    @property
+    def offered_range(self) -> tuple[float, float]:
+        """The qualities a variable-rate model codes at: its narrowed range, else all of 1..8."""
+        return self.qualities or (QUALITY_MIN, QUALITY_MAX)
+
     def offers(self, quality: float) -> bool:
         """Whether the model codes at ``quality``: a fixed-rate model at its own only, a
         variable-rate model anywhere in its range."""
         if not self.variable_rate:
             return self.quality is not None and float(quality) == float(self.quality)
-        low, high = self.qualities or (QUALITY_MIN, QUALITY_MAX)
+        low, high = self.offered_range
         return low <= float(quality) <= high
 
     @property
