@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from lickd import CorruptFileError, LickdError, StudentCodec, container, zoo
+from lickd.codec import CPU_LAYOUT
 from lickd.models import MSE_LAMBDAS, build_model, check_quality, quality_lambda
 from lickd.train.losses import RateDistortionLoss
 
@@ -72,8 +73,9 @@ def test_one_model_codes_every_quality_and_the_file_records_it(arch, rng):
         errors.append(np.mean((out.astype(float) - img) ** 2))
         # the decoder used the file's quality: the reconstruction is g_s(y_hat * inverse gain(q))
         _, latents = codec.decode_latents(data)
-        with torch.no_grad():
-            ref = codec.model.synthesis(latents["y"], f.quality).clamp(0, 1)[0, :, :70, :90]
+        with torch.no_grad():  # in the memory format the codec decodes in (its CPU layers choose by it)
+            y_hat = latents["y"].contiguous(memory_format=CPU_LAYOUT)
+            ref = codec.model.synthesis(y_hat, f.quality).clamp(0, 1)[0, :, :70, :90]
         assert torch.equal(codec.decompress(data, output="tensor"), torch.round(ref * 255) / 255)
     assert sizes[0] < sizes[-1]  # finer steps at quality 8: more bytes (gains start at 1/sqrt(lambda))
     assert codec.compress(img) == codec.compress(img, quality=3)  # the default quality
