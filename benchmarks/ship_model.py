@@ -33,7 +33,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lickd.models.variable_rate import QUALITY_MAX, QUALITY_MIN
+
 ROOT = Path(__file__).resolve().parents[1]
+#: the whole qualities a variable-rate model can offer
+WHOLE_RANGE = (int(QUALITY_MIN), int(QUALITY_MAX))
 RESULTS = ROOT / "benchmarks" / "results" / "kodak" / "amd-epyc-2vcpu"
 
 
@@ -55,15 +59,15 @@ def jpeg_psnr_at(bpp: float, anchor: dict) -> float:
 
 
 def quality_range_arg(text: str):
-    """``--qualities``: "auto", or "LOW-HIGH" with whole qualities 1 <= LOW < HIGH <= 8."""
+    """``--qualities``: "auto", or "LOW-HIGH" with whole qualities in WHOLE_RANGE, LOW < HIGH."""
     if text == "auto":
         return text
     try:
         low, high = (int(v) for v in text.split("-"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected auto or LOW-HIGH (whole qualities), got {text!r}") from None
-    if not 1 <= low < high <= 8:
-        raise argparse.ArgumentTypeError(f"expected 1 <= LOW < HIGH <= 8, got {text!r}")
+    if not WHOLE_RANGE[0] <= low < high <= WHOLE_RANGE[1]:
+        raise argparse.ArgumentTypeError(f"expected {WHOLE_RANGE[0]} <= LOW < HIGH <= {WHOLE_RANGE[1]}, got {text!r}")
     return low, high
 
 
@@ -171,10 +175,10 @@ def main(argv=None) -> int:
         offered = offered_range(r["quality"], margins, args.qualities)
         beats = offered is not None
         if not beats and args.force:  # an experiment: the range asked for, or all of it
-            offered = args.qualities if args.qualities != "auto" else (1, 8)
+            offered = args.qualities if args.qualities != "auto" else WHOLE_RANGE
         if offered is not None:
             print(f"offers qualities {offered[0]}..{offered[1]}", file=sys.stderr)
-        if offered == (1, 8):
+        if offered == WHOLE_RANGE:
             offered = None  # the whole range: nothing to narrow
     else:
         beats = all(m > 0 for m in margins)

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..layers.conv import plain_layer_type
+from ..layers.convolution import plain_layer_type
 from .ops import FusedConvActFunction, pack_conv_weight, pack_deconv_weight, pack_gdn, packed_width, reference
 
 

@@ -3,7 +3,6 @@ codec runs in, and glibc's allocator retention. Each against the PyTorch referen
 import os
 import subprocess
 import sys
-from importlib import import_module
 
 import pytest
 import torch
@@ -11,11 +10,10 @@ import torch
 from lickd import StudentCodec, zoo
 from lickd.codec import CPU_LAYOUT
 from lickd.layers import GDN
+from lickd.layers import convolution as conv_module
 from lickd.layers import gdn as gdn_module
 from lickd.layers.gdn import gdn_channels_last
 from lickd.models import build_model
-
-conv_module = import_module("lickd.layers.conv")  # the module; lickd.layers.conv is the conv() it exports
 
 
 def _random_gdn(c, inverse, rng):

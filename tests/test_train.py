@@ -494,3 +494,45 @@ def test_stratified_qualities_cover_every_level_in_each_batch(tmp_path, train_di
     assert Trainer(cfg, progress=False).train()["step"] == 2
     with pytest.raises(ValueError, match="quality_sampling"):
         config(tmp_path, train_dir, "quality_sampling=biased")
+
+
+@pytest.mark.parametrize("architecture", ["mbt2018-mean-vr", "bmshj2018-hyperprior", "bmshj2018-factorized"])
+def test_widen_keeps_the_narrow_models_function(tmp_path, train_dir, architecture):
+    """A teacher grown from a student (init_widen): at step 0 the wide model's latents, entropy
+    parameters and reconstruction are the narrow one's to float rounding (the wider sums add
+    zeros in another order; GDN couplings made non-trivial first, so the zero cross-weights are
+    what keeps them), and the run trains from there."""
+    source = build_model(architecture, 8, 12)
+    with torch.no_grad():
+        for name, p in source.named_parameters():
+            if name.endswith("gamma"):  # off-diagonal couplings of every GDN
+                p.copy_(p + 0.05 * torch.rand_like(p))
+    source.eval().update(force=True)
+    path = zoo.save_weights(source, tmp_path / "src.safetensors",
+                            zoo.ModelInfo(name="src", architecture="", N=0, M=0)).path
+    cfg = config(tmp_path, train_dir, f"architecture={architecture}", "N=16", "M=12", f"init={path}",
+                 "init_widen=true", "steps=2")
+    trainer = Trainer(cfg, progress=False)
+    wide = trainer.model.eval()
+    q = {"quality": 3.0} if source.variable_rate else {}
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        y, y_wide = source.analysis(x, **q), wide.analysis(x, **q)
+        torch.testing.assert_close(y_wide, y)
+        torch.testing.assert_close(wide.synthesis(y.round(), **q), source.synthesis(y.round(), **q))
+        if hasattr(source, "h_a"):
+            z, z_wide = source.h_a(y), wide.h_a(y)
+            torch.testing.assert_close(z_wide[:, :8], z)
+            assert z_wide[:, 8:].abs().sum() > 0  # the new channels carry signal, and nothing yet into h_s:
+            torch.testing.assert_close(wide.h_s(torch.cat([z.round(), z_wide[:, 8:]], 1)), source.h_s(z.round()))
+    assert trainer.train()["step"] == 2
+    start = next(r for r in read_metrics(cfg.run_dir) if r.get("event") == "start")
+    assert start["init_widen"] is True and start["warm_started"] > 0
+    other = "mbt2018-mean" if architecture != "mbt2018-mean" else "bmshj2018-hyperprior"
+    for bad, match in ((("N=8",), "N below 8"), (("N=16", "M=16"), "must have M=16"),
+                       (("N=16", f"architecture={other}"), "widen: init is")):
+        with pytest.raises(ValueError, match=match):
+            Trainer(config(tmp_path, train_dir, f"architecture={architecture}", "M=12", *bad, f"init={path}",
+                           "init_widen=true", "run_dir=" + str(tmp_path / "bad")), progress=False)
+    with pytest.raises(ValueError, match="set init, and not init_parts"):
+        config(tmp_path, train_dir, "init_widen=true")

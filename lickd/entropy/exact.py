@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers.conv import parameters_key, plain_layer_type
+from ..layers.convolution import parameters_key, plain_layer_type
 
 ACT_BITS = 14
 WEIGHT_BITS = 18

@@ -1,5 +1,5 @@
 """Neural-network layers of the transforms (PyTorch reference implementations)."""
-from .conv import PhaseConvTranspose2d, conv, deconv, plain_layer_type
+from .convolution import PhaseConvTranspose2d, conv, deconv, plain_layer_type
 from .gdn import GDN
 from .ops import LowerBound, NonNegativeParametrizer
 

@@ -126,32 +126,6 @@ def saved_config(run_dir: os.PathLike, overrides: tuple[str, ...] = ()) -> Train
     return cfg
 
 
-def warm_start(model: CompressionModel, source: CompressionModel, parts: list[str]) -> list[str]:
-    """Copies the named modules' parameters (and their buffers of the same shape; CDF tables are
-    rebuilt at export) from ``source`` into ``model``; returns the tensor names copied. A part
-    missing from either model, or a parameter of another shape, is an error."""
-    own, theirs = model.state_dict(), source.state_dict()
-    params = {n for n, _ in model.named_parameters()}
-    parts = [p.strip() for p in parts if p.strip()]
-    if not parts:
-        raise ValueError("init_parts names no module")
-    copied = []
-    for part in parts:
-        names = [n for n in own if n.startswith(part + ".")]
-        if not names or not any(n.startswith(part + ".") for n in theirs):
-            raise ValueError(f"init_parts: no module '{part}' in both models")
-        for n in names:
-            if n in theirs and theirs[n].shape == own[n].shape:
-                copied.append(n)
-            elif n in params:
-                got = tuple(theirs[n].shape) if n in theirs else "missing"
-                raise ValueError(f"init_parts: {n} is {got} in init, {tuple(own[n].shape)} here")
-    with torch.no_grad():
-        for n in copied:
-            own[n].copy_(theirs[n])
-    return copied
-
-
 def export_run(run_dir: os.PathLike, output: os.PathLike, half: bool = False, name: Optional[str] = None) -> zoo.ModelInfo:
     """Registry-ready weights from a run's latest checkpoint (projections dropped, tables built)."""
     from .config import from_dict
@@ -190,10 +164,10 @@ def run_model_info(cfg: TrainConfig, model: CompressionModel, step: int, world: 
         training={"steps": step, "seed": cfg.seed, "teacher": cfg.kd.teacher if cfg.distilling else None,
                   "kd": cfg.to_dict()["kd"] if cfg.kd.teacher else None, "commit": git_commit(),
                   "batch_size": cfg.batch_size * world, "patch_size": cfg.patch_size,
-                  "init": cfg.init, "init_parts": cfg.init_parts,
+                  "init": cfg.init, "init_parts": cfg.init_parts, "init_widen": cfg.init_widen,
                   "cpu_hours": round(cpu_seconds / 3600, 3) if cpu_seconds is not None else None})
 
 
 __all__ = ["CHECKPOINT", "EXPORT", "RESUMABLE_CHANGES", "config_changes", "export_run", "exported_model", "load_optimizer",
            "optimizer_tensors", "read_checkpoint", "read_tensors", "run_model_info", "saved_config",
-           "warm_start", "write_tensors"]
+           "write_tensors"]

@@ -47,6 +47,9 @@ class TrainConfig:
     # comma-separated modules (e.g. "g_a,g_s,gain_units") taken from ``init``, the rest fresh: a
     # warm start across architectures (a scale hyperprior from a mean-scale model's transforms)
     init_parts: Optional[str] = None
+    # ``init`` is a narrower model (N; the same M) of this architecture, grown to N with its function kept
+    # (lickd.train.warm.widen): a teacher started from a trained student
+    init_widen: bool = False
     # objective
     lmbda: float = 0.0067
     metric: str = "mse"  # or "ms-ssim"
@@ -173,6 +176,8 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError("metric must be 'mse' or 'ms-ssim'")
     if cfg.init_parts and not cfg.init:
         raise ValueError("init_parts names modules of an init weights file: set init too")
+    if cfg.init_widen and (not cfg.init or cfg.init_parts):
+        raise ValueError("init_widen grows the init weights file as a whole: set init, and not init_parts")
     if cfg.steps < 1 or cfg.batch_size < 1:
         raise ValueError("steps and batch_size must be >= 1")
     factor = 16 if cfg.architecture == "bmshj2018-factorized" else 64

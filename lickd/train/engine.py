@@ -27,12 +27,12 @@ from ..models import CompressionModel, build_model, quality_lambda
 from ..models.variable_rate import QUALITY_LEVELS
 from ..provenance import environment
 from .checkpoint import (CHECKPOINT, EXPORT, config_changes, export_run, exported_model, load_optimizer,
-                         optimizer_tensors, read_checkpoint, read_tensors, run_model_info, warm_start,
-                         write_tensors)
+                         optimizer_tensors, read_checkpoint, read_tensors, run_model_info, write_tensors)
 from .config import TrainConfig, save_config
 from .data import CropSampler, ImageFolder
 from .distributed import World
 from .losses import DistillationLoss, Projection, RateDistortionLoss
+from .warm import warm_start, widen
 
 PROBE_SEED = 20261201  # the fixed crops, noise and qualities of Trainer.probe
 
@@ -48,17 +48,18 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         self.progress = progress and self.is_main
         self.stop_requested = False
-        self.warm_started: list[str] = []  # tensor names taken from cfg.init by init_parts
+        self.warm_started: list[str] = []  # tensor names taken from cfg.init by init_parts or grown by init_widen
 
         # Model, identical on every rank (DDP also broadcasts rank 0's at wrap time).
         torch.manual_seed(cfg.seed)
-        if cfg.init and not resume and not cfg.init_parts:
+        if cfg.init and not resume and not (cfg.init_parts or cfg.init_widen):
             self.model, _ = zoo.load_weights(cfg.init, device=self.device)
         else:  # a resumed run takes its weights from its checkpoint: the init file need not exist any more
             self.model = build_model(cfg.architecture, cfg.N, cfg.M).to(self.device)
             if cfg.init and not resume:
-                self.warm_started = warm_start(self.model, zoo.load_weights(cfg.init, device=self.device)[0],
-                                               cfg.init_parts.split(","))
+                source = zoo.load_weights(cfg.init, device=self.device)[0]
+                self.warm_started = (widen(self.model, source) if cfg.init_widen else
+                                     warm_start(self.model, source, cfg.init_parts.split(",")))
         got = (self.model.architecture, self.model.N, self.model.M)
         if got != (cfg.architecture, cfg.N, cfg.M):  # the config must say what the run trains
             raise ValueError(f"init {cfg.init} is {got[0]} N={got[1]} M={got[2]}; the configuration says "
@@ -370,8 +371,8 @@ class Trainer:
         if self.is_main and self.step == 0:
             self._log({"event": "start", "aux_note": "aux loss trains only the EntropyBottleneck quantiles "
                                                     "(its CDF support); it does not affect the RD loss",
-                       **({"warm_started": len(self.warm_started), "init_parts": cfg.init_parts}
-                          if self.warm_started else {})})
+                       **({"warm_started": len(self.warm_started), "init_parts": cfg.init_parts,
+                           "init_widen": cfg.init_widen} if self.warm_started else {})})
         try:
             while self.step < cfg.steps:
                 stats = self.train_step()

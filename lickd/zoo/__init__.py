@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..errors import CorruptFileError, ModelNotFoundError
 from ..models import ARCHITECTURES, CompressionModel, build_model
@@ -157,11 +157,8 @@ def narrow_qualities(path: os.PathLike, output: os.PathLike, qualities: tuple[fl
     """A copy of a variable-rate weights file that offers only ``qualities``: the same tensors,
     byte for byte, the range added to its metadata (what ``benchmarks/ship_model.py`` ships
     after measuring every quality of the original)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        info = ModelInfo.from_metadata(f.metadata() or {})
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors, meta = _read_weights(Path(path))
+    info = ModelInfo.from_metadata(meta)
     if not info.variable_rate:
         raise ValueError(f"{path}: a quality range is for variable-rate models")
     info.qualities = quality_range(qualities)
@@ -170,6 +167,17 @@ def narrow_qualities(path: os.PathLike, output: os.PathLike, qualities: tuple[fl
     atomic_save(output, lambda tmp: save_file(tensors, tmp, metadata=info.metadata()))
     info.sha256, info.path = file_sha256(output), Path(output)
     return info
+
+
+def _read_weights(path: Path) -> tuple[dict, dict]:
+    """A weights file's tensors and metadata, from one open file; CorruptFileError if unreadable."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CorruptFileError(f"{path}: not a readable safetensors file ({e})") from None
 
 
 def load_weights(path: os.PathLike, expected_sha256: Optional[str] = None,
@@ -181,13 +189,7 @@ def load_weights(path: os.PathLike, expected_sha256: Optional[str] = None,
     sha = file_sha256(path)
     if expected_sha256 and sha != expected_sha256:
         raise CorruptFileError(f"{path}: sha256 {sha[:16]}... does not match the registry ({expected_sha256[:16]}...)")
-    try:
-        from safetensors import safe_open
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CorruptFileError(f"{path}: not a readable safetensors file ({e})") from None
+    state, meta = _read_weights(path)
     info = ModelInfo.from_metadata(meta, sha256=sha, path=path)
     if info.architecture not in ARCHITECTURES:
         raise CorruptFileError(f"{path}: unknown architecture {info.architecture!r}")
