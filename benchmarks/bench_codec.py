@@ -1,11 +1,16 @@
 """End-to-end codec time per image: lickd against CompressAI on the same architecture and weights.
 
-    python benchmarks/bench_codec.py [--kodak DIR] [--limit N] [--N 64 --M 192] [--device cpu|cuda] [--json out.json]
+    python benchmarks/bench_codec.py [--kodak DIR] [--limit N] [--model NAME | --weights FILE | --N 64 --M 192]
+                                     [--device cpu|cuda] [--json out.json]
     python benchmarks/bench_codec.py --memory [--sizes 1,12,24] [--tile auto|0|PIXELS] [--json out.json]
 
-Both sides code the same padded image with the same weights (a CompressAI mbt2018-mean model,
-randomly initialised unless --weights gives a lickd file; trained weights change the bytes, not
-the pipeline). lickd's time covers the whole file path (padding, container, checks); CompressAI's
+Both sides code the same padded image with the same weights: a shipped model (``--model``), a
+lickd weights file (``--weights``) or a random-init mbt2018-mean (trained weights change the
+bytes, not the pipeline), in CompressAI's class of the same architecture (mbt2018-mean:
+MeanScaleHyperprior, bmshj2018-hyperprior: ScaleHyperprior; a variable-rate model's transforms
+without its gain units, the same work but two multiplications). The work line gives each side's
+multiply-accumulates per image, the rate they run at over the whole time, and that rate as a
+fraction of the CPU's nominal fp32 peak (lickd.cpu.fp32_peak_gmacs). lickd's time covers the whole file path (padding, container, checks); CompressAI's
 is its model.compress / model.decompress. The coder share is what is left after the transforms
 (g_a, h_a, h_s, g_s), timed by synchronised forward hooks. Batch 1 (medians over images), then
 the same-size images as one batch (time per image).
@@ -73,7 +78,8 @@ def main(argv=None):
     p.add_argument("--limit", type=int, default=4)
     p.add_argument("--N", type=int, help="default 128 (64 with --memory)")
     p.add_argument("--M", type=int, default=192)
-    p.add_argument("--weights", help="lickd weights (mbt2018-mean) instead of random ones")
+    p.add_argument("--weights", help="a lickd weights file (mbt2018-mean or bmshj2018-hyperprior, -vr too)")
+    p.add_argument("--model", help="a shipped model by name (lickd models)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json")
     p.add_argument("--memory", action="store_true", help="peak RSS and MP/s of large images instead")
@@ -91,10 +97,14 @@ def main(argv=None):
     codec, weights_note = make_codec(args, device, 128)
     ours = codec.model
     try:
-        from compressai.models import MeanScaleHyperprior as CaiMeanScale
+        from compressai import models as cai_models
     except ImportError:
         sys.exit("CompressAI is needed for the comparison: pip install compressai")
-    cai = CaiMeanScale(ours.N, ours.M).eval()
+    base = ours.architecture.removesuffix("-vr")
+    cai_class = {"mbt2018-mean": "MeanScaleHyperprior", "bmshj2018-hyperprior": "ScaleHyperprior"}.get(base)
+    if cai_class is None:
+        sys.exit(f"no CompressAI counterpart is compared for {ours.architecture}")
+    cai = getattr(cai_models, cai_class)(ours.N, ours.M).eval()
     cai.load_state_dict({k: v for k, v in ours.state_dict().items()}, strict=False)
     cai.update(force=True)
     cai.to(device)
@@ -132,7 +142,11 @@ def main(argv=None):
     med = {k: statistics.median(v) for k, v in rows.items()}
     cai_stage_ms = {d: stage_medians_ms(v) for d, v in cai_stages.items()}
     path = fast_path(codec)
-    print(f"mbt2018-mean N={ours.N} M={ours.M}, {weights_note}; {len(images)} Kodak image(s), batch 1, "
+    height, width = pad_to_multiple(to_tensor(loaded[0])[0], 64).shape[-2:]
+    work = work_summary(ours, height, width, device, {"CompressAI": (med["cai_enc"], med["cai_dec"]), **{
+        label: (r["median_s"]["enc"], r["median_s"]["dec"]) for label, r in results.items()}})
+    quality = f" at q{codec.quality:g}" if ours.variable_rate else ""
+    print(f"{ours.architecture} N={ours.N} M={ours.M}{quality}, {weights_note}; {len(images)} Kodak image(s), batch 1, "
           f"{device.type} ({environment()['gpu'] if device.type == 'cuda' else environment()['cpu']}); medians; "
           f"lickd: {path['summary']} (one process: CompressAI shares the allocator setting)")
     print(f"{'':28s} {'encode ms':>10s} {'coder %':>8s} {'decode ms':>10s} {'coder %':>8s} {'bytes':>9s} "
@@ -153,18 +167,26 @@ def main(argv=None):
         print(f"  {label:28s} encode: {stage_text(ms['enc'], ('g_a', 'h_a', 'h_s'))} coder {1e3 * enc_coder:.0f} | "
               f"decode: {stage_text(ms['dec'], ('h_s',))} coder {1e3 * dec_coder:.0f} "
               f"{stage_text(ms['dec'], ('g_s',))}")
+    print(work["text"])
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device.type, "N": ours.N, "M": ours.M, "weights": weights_note,
                                                "images": [Path(p).name for p in images], "compressai": {
                                                    "median_s": med, "batched_s": cai_batched, "per_image_s": rows,
                                                    "stage_ms": cai_stage_ms},
                                                "lickd": results, "fast_path": path, "batch": len(same),
+                                               "architecture": ours.architecture,
+                                               "quality": codec.quality if ours.variable_rate else None,
+                                               "compressai_class": cai_class, "work": work["json"],
                                                "environment": environment()},
                                               indent=2))
 
 
 def make_codec(args, device, default_n: int, tile=None):
     """The codec under test and a note on its weights."""
+    if args.model:
+        codec = StudentCodec.from_pretrained(args.model, device=device)
+        codec.tile = tile  # None: automatic, as StudentCodec's own default
+        return codec, f"shipped model {codec.name}"
     if args.weights:
         model, info = zoo.load_weights(args.weights)
         note = f"weights {info.name}@{info.short_hash}"
@@ -249,7 +271,7 @@ def memory_main(args, argv) -> None:
             rows.append(row)
     first = rows[0]["encode"] if rows else {}
     env = environment()
-    print(f"{first.get('architecture')} N={first.get('N')} M={first.get('M')}, {args.weights or 'random-init'}; "
+    print(f"{first.get('architecture')} N={first.get('N')} M={first.get('M')}, {args.model or args.weights or 'random-init'}; "
           f"peak RSS of each process ({first.get('threads')} thread(s), tile {args.tile}); {env['cpu']}")
     print(f"{'MP':>6s} {'size':>12s} {'tile':>5s} {'idle MB':>8s} {'encode MB':>10s} {'s':>7s} {'MP/s':>6s} "
           f"{'decode MB':>10s} {'s':>7s} {'MP/s':>6s}")
@@ -259,8 +281,32 @@ def memory_main(args, argv) -> None:
               f"{e['peak_rss_mb']:10.0f} {e['seconds']:7.2f} {e['mp_per_s']:6.2f} "
               f"{d['peak_rss_mb']:10.0f} {d['seconds']:7.2f} {d['mp_per_s']:6.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"mode": "memory", "weights": args.weights or "random-init",
+        Path(args.json).write_text(json.dumps({"mode": "memory", "weights": args.model or args.weights or "random-init",
                                                "tile": args.tile, "rows": rows, "environment": env}, indent=2))
+
+
+def work_summary(model, height: int, width: int, device, medians: dict) -> dict:
+    """Multiply-accumulates of one encode and one decode at ``height`` x ``width`` (the
+    transforms'; the coder's work is not counted), the rate each side's median time runs them
+    at, and its fraction of the nominal fp32 peak on a CPU."""
+    from lickd.cpu import fp32_peak_gmacs
+    from lickd.eval.bench import macs_per_pixel
+
+    per_pixel = macs_per_pixel(model, height, width)
+    gmac = {d: per_pixel[k] * height * width / 1e9 for d, k in (("enc", "encode"), ("dec", "decode"))}
+    peak = fp32_peak_gmacs(torch.get_num_threads()) if device.type == "cpu" else None
+    rows, parts = {}, []
+    for label, (enc_s, dec_s) in medians.items():
+        rate = {"enc": gmac["enc"] / enc_s, "dec": gmac["dec"] / dec_s}
+        rows[label] = {"gmacs": rate, "peak_fraction": {d: v / peak["gmacs"] for d, v in rate.items()} if peak else None}
+        share = f" ({100 * rate['enc'] / peak['gmacs']:.0f} % / {100 * rate['dec'] / peak['gmacs']:.0f} %)" if peak else ""
+        parts.append(f"{label} {rate['enc']:.0f} / {rate['dec']:.0f}{share}")
+    text = (f"work per image ({width}x{height}): encode {gmac['enc']:.2f} GMAC, decode {gmac['dec']:.2f} GMAC; "
+            f"GMAC/s encode / decode over the whole time" + (
+                f" (of the nominal fp32 peak {peak['gmacs']:.0f} GMAC/s = {peak['threads']} threads x "
+                f"{peak['ghz']:.2f} GHz x {peak['lanes']} lanes x {peak['fma_units']} FMA units)" if peak else "")
+            + ": " + "; ".join(parts))
+    return {"text": text, "json": {"gmac": gmac, "size": [height, width], "peak": peak, "rows": rows}}
 
 
 def lickd_rows(codec, images, same, device, cuda_coder: str, fused: bool) -> dict:

@@ -11,6 +11,7 @@ import ctypes
 import functools
 import os
 import platform
+from typing import Optional
 
 #: flags that matter to lickd's choices, as /proc/cpuinfo spells them
 FEATURES = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
@@ -54,6 +55,31 @@ def resolve_amp(setting, device_type: str) -> bool:
     if setting != "auto":
         return bool(setting)
     return device_type == "cuda" or (device_type == "cpu" and native_bf16())
+
+
+def cpu_mhz() -> Optional[float]:
+    """The highest "cpu MHz" /proc/cpuinfo reports (None where it reports none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            clocks = [float(line.split(":", 1)[1]) for line in f if line.startswith("cpu MHz")]
+    except (OSError, ValueError):
+        return None
+    return max(clocks) if clocks else None
+
+
+def fp32_peak_gmacs(threads: int) -> Optional[dict]:
+    """The nominal fp32 peak of ``threads`` cores in GMAC/s: clock (/proc/cpuinfo's "cpu MHz",
+    what the kernel reports, not a boost clock) x SIMD lanes (16 with AVX-512F, 8 with AVX2 + FMA)
+    x 2 FMA units per core. A yardstick for "what fraction of the machine does the codec use",
+    not a measurement; None where the clock is not reported."""
+    mhz = cpu_mhz()
+    if mhz is None:
+        return None
+    flags = cpu_flags()
+    lanes = 16 if "avx512f" in flags else 8 if {"avx2", "fma"} <= flags else 4
+    ghz = mhz / 1e3
+    return {"gmacs": threads * ghz * lanes * 2, "threads": threads, "ghz": round(ghz, 3), "lanes": lanes,
+            "fma_units": 2}
 
 
 #: glibc keeps freed blocks up to this size in its heap instead of returning them to the kernel

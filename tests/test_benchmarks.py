@@ -143,3 +143,40 @@ def test_ship_model_measures_a_run_and_refuses_what_does_not_beat_jpeg(tmp_path,
     assert r.returncode == 0 and "offers qualities 2..5" in r.stderr, r.stderr[-2000:]
     r = subprocess.run(common + ["--qualities", "5-3"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "LOW < HIGH" in r.stderr
+
+
+def test_bench_codec_compares_with_compressais_class_of_the_same_architecture(tmp_path, weights_files, rng):
+    """bench_codec on two small images of a scale hyperprior: CompressAI's ScaleHyperprior codes
+    the same weights, and the work line counts the architecture's MACs at the padded size (those
+    of the NCHW model: the codec's channels_last one must not count its phase form's) with each
+    side's rate and share of the CPU's peak."""
+    architecture = "bmshj2018-hyperprior"
+    pytest.importorskip("compressai")
+    import numpy as np
+    from PIL import Image
+
+    from lickd import zoo
+    from lickd.eval.bench import macs_per_pixel
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        smooth = np.cumsum(rng.normal(0, 8, (60, 90, 3)), axis=1)
+        Image.fromarray(np.clip(128 + smooth, 0, 255).astype(np.uint8)).save(images / f"{i}.png")
+    out = tmp_path / "codec.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_codec.py"), "--kodak", str(images),
+                        "--limit", "2", "--weights", str(weights_files[architecture]), "--device", "cpu",
+                        "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert doc["architecture"] == architecture
+    assert doc["compressai_class"] == "ScaleHyperprior"
+    work = doc["work"]
+    assert work["size"] == [64, 128]
+    per_pixel = macs_per_pixel(zoo.load_weights(weights_files[architecture])[0], 64, 128)
+    assert work["gmac"]["dec"] == pytest.approx(per_pixel["decode"] * 64 * 128 / 1e9)
+    for side in ("CompressAI", "lickd"):
+        rates = work["rows"][side]["gmacs"]
+        assert rates["enc"] > 0 and rates["dec"] > 0
+        if work["peak"]:
+            assert work["rows"][side]["peak_fraction"]["dec"] == pytest.approx(rates["dec"] / work["peak"]["gmacs"])
+    assert "work per image (128x64)" in r.stdout

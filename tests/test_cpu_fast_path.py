@@ -152,3 +152,17 @@ def test_allocator_retention_applies_once_and_can_be_turned_off(tmp_path):
     except (ValueError, OSError):
         glibc = False
     assert on.stdout.split() == (["True", "True"] if glibc else ["False", "False"]), on.stderr
+
+
+def test_nominal_fp32_peak_follows_the_cpus_clock_and_vector_width(monkeypatch):
+    """lickd.cpu.fp32_peak_gmacs: threads x GHz x lanes (16 AVX-512F, 8 AVX2 + FMA, 4 otherwise)
+    x 2 FMA units; None without a reported clock."""
+    from lickd import cpu
+
+    monkeypatch.setattr(cpu, "cpu_mhz", lambda: 3000.0)
+    for flags, lanes in (({"avx2", "fma", "avx512f"}, 16), ({"avx2", "fma"}, 8), ({"avx2"}, 4), (set(), 4)):
+        monkeypatch.setattr(cpu, "cpu_flags", lambda flags=flags: frozenset(flags))
+        peak = cpu.fp32_peak_gmacs(2)
+        assert peak["lanes"] == lanes and peak["gmacs"] == pytest.approx(2 * 3.0 * lanes * 2)
+    monkeypatch.setattr(cpu, "cpu_mhz", lambda: None)
+    assert cpu.fp32_peak_gmacs(2) is None

@@ -194,6 +194,11 @@ def test_lickd_eval_bd_rate_plot_and_bench(capsys, tmp_path, image_folder, weigh
     g_a = (3 * 12 * k / 4 + 12 * 12 / 4 + 12 * 12 * k / 16 + 12 * 12 / 16 + 12 * 12 * k / 64 + 12 * 12 / 64
            + 12 * 20 * k / 256)
     assert b["kmacs_per_pixel"]["g_a"] * 1e3 == pytest.approx(g_a, rel=1e-6)
+    # g_s: Cin x Cout x k^2 per input position of each transposed conv (the architecture's count,
+    # though the codec runs its last layer in the phase form, which computes more)
+    g_s = (20 * 12 * k / 256 + 12 * 12 / 64 + 12 * 12 * k / 64 + 12 * 12 / 16 + 12 * 12 * k / 16 + 12 * 12 / 4
+           + 12 * 3 * k / 4)
+    assert b["kmacs_per_pixel"]["g_s"] * 1e3 == pytest.approx(g_s, rel=1e-6)
     assert "entropy coding" in text and b["energy_j_per_image"] is None
     assert b["fast_path"]["layout"] == "channels_last" and "fast path: channels_last" in text
     assert f"encode {b['gmac_per_s']['encode']:.1f} GMAC/s" in text
