@@ -78,8 +78,9 @@ def main(argv=None):
     p.add_argument("--limit", type=int, default=4)
     p.add_argument("--N", type=int, help="default 128 (64 with --memory)")
     p.add_argument("--M", type=int, default=192)
-    p.add_argument("--weights", help="a lickd weights file (mbt2018-mean or bmshj2018-hyperprior, -vr too)")
-    p.add_argument("--model", help="a shipped model by name (lickd models)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--weights", help="a lickd weights file (mbt2018-mean or bmshj2018-hyperprior, -vr too)")
+    which.add_argument("--model", help="a shipped model by name (lickd models)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json")
     p.add_argument("--memory", action="store_true", help="peak RSS and MP/s of large images instead")
@@ -87,6 +88,8 @@ def main(argv=None):
     p.add_argument("--tile", default="auto", help="--memory: StudentCodec's tile (auto, 0: none, or pixels)")
     p.add_argument("--child", nargs=3, metavar=("STAGE", "MP", "FILE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if (args.weights or args.model) and args.N:
+        p.error("--N sets the width of random-init weights only")
     device = resolve_device(args.device)
     torch.set_grad_enabled(False)
     if args.child:
@@ -105,7 +108,9 @@ def main(argv=None):
     if cai_class is None:
         sys.exit(f"no CompressAI counterpart is compared for {ours.architecture}")
     cai = getattr(cai_models, cai_class)(ours.N, ours.M).eval()
-    cai.load_state_dict({k: v for k, v in ours.state_dict().items()}, strict=False)
+    keys = cai.load_state_dict(ours.state_dict(), strict=False)
+    if keys.missing_keys or any(not k.startswith("gain_units.") for k in keys.unexpected_keys):
+        sys.exit(f"CompressAI's {cai_class} does not take these weights: {keys}")
     cai.update(force=True)
     cai.to(device)
 
@@ -142,9 +147,9 @@ def main(argv=None):
     med = {k: statistics.median(v) for k, v in rows.items()}
     cai_stage_ms = {d: stage_medians_ms(v) for d, v in cai_stages.items()}
     path = fast_path(codec)
-    height, width = pad_to_multiple(to_tensor(loaded[0])[0], 64).shape[-2:]
-    work = work_summary(ours, height, width, device, {"CompressAI": (med["cai_enc"], med["cai_dec"]), **{
-        label: (r["median_s"]["enc"], r["median_s"]["dec"]) for label, r in results.items()}})
+    sizes = [tuple(pad_to_multiple(to_tensor(im)[0], 64).shape[-2:]) for im in loaded]
+    work = work_summary(ours, sizes, device, {"CompressAI": (rows["cai_enc"], rows["cai_dec"]), **{
+        label: (r["per_image_s"]["enc"], r["per_image_s"]["dec"]) for label, r in results.items()}})
     quality = f" at q{codec.quality:g}" if ours.variable_rate else ""
     print(f"{ours.architecture} N={ours.N} M={ours.M}{quality}, {weights_note}; {len(images)} Kodak image(s), batch 1, "
           f"{device.type} ({environment()['gpu'] if device.type == 'cuda' else environment()['cpu']}); medians; "
@@ -285,28 +290,32 @@ def memory_main(args, argv) -> None:
                                                "tile": args.tile, "rows": rows, "environment": env}, indent=2))
 
 
-def work_summary(model, height: int, width: int, device, medians: dict) -> dict:
-    """Multiply-accumulates of one encode and one decode at ``height`` x ``width`` (the
-    transforms'; the coder's work is not counted), the rate each side's median time runs them
-    at, and its fraction of the nominal fp32 peak on a CPU."""
+def work_summary(model, sizes: list, device, seconds: dict) -> dict:
+    """Multiply-accumulates of encoding and decoding images of the padded ``sizes`` (the
+    transforms'; the coder's work is not counted), the rate each side runs them at (all the
+    work over all the time: ``seconds`` holds each side's per-image encode and decode times), and
+    its fraction of the nominal fp32 peak on a CPU."""
     from lickd.cpu import fp32_peak_gmacs
     from lickd.eval.bench import macs_per_pixel
 
-    per_pixel = macs_per_pixel(model, height, width)
-    gmac = {d: per_pixel[k] * height * width / 1e9 for d, k in (("enc", "encode"), ("dec", "decode"))}
+    per_size = {size: macs_per_pixel(model, *size) for size in set(sizes)}
+    gmac = {d: [per_size[size][k] * size[0] * size[1] / 1e9 for size in sizes]
+            for d, k in (("enc", "encode"), ("dec", "decode"))}
     peak = fp32_peak_gmacs(torch.get_num_threads()) if device.type == "cpu" else None
     rows, parts = {}, []
-    for label, (enc_s, dec_s) in medians.items():
-        rate = {"enc": gmac["enc"] / enc_s, "dec": gmac["dec"] / dec_s}
+    for label, (enc_s, dec_s) in seconds.items():
+        rate = {"enc": sum(gmac["enc"]) / sum(enc_s), "dec": sum(gmac["dec"]) / sum(dec_s)}
         rows[label] = {"gmacs": rate, "peak_fraction": {d: v / peak["gmacs"] for d, v in rate.items()} if peak else None}
         share = f" ({100 * rate['enc'] / peak['gmacs']:.0f} % / {100 * rate['dec'] / peak['gmacs']:.0f} %)" if peak else ""
         parts.append(f"{label} {rate['enc']:.0f} / {rate['dec']:.0f}{share}")
-    text = (f"work per image ({width}x{height}): encode {gmac['enc']:.2f} GMAC, decode {gmac['dec']:.2f} GMAC; "
-            f"GMAC/s encode / decode over the whole time" + (
-                f" (of the nominal fp32 peak {peak['gmacs']:.0f} GMAC/s = {peak['threads']} threads x "
+    size = f"{sizes[0][1]}x{sizes[0][0]}" if len(set(sizes)) == 1 else "mean over the images"
+    text = (f"work per image ({size}): encode {sum(gmac['enc']) / len(sizes):.2f} GMAC, decode "
+            f"{sum(gmac['dec']) / len(sizes):.2f} GMAC; GMAC/s encode / decode over the whole time" + (
+                f" (of the nominal fp32 peak {peak['gmacs']:.0f} GMAC/s = {peak['cores']} cores x "
                 f"{peak['ghz']:.2f} GHz x {peak['lanes']} lanes x {peak['fma_units']} FMA units)" if peak else "")
             + ": " + "; ".join(parts))
-    return {"text": text, "json": {"gmac": gmac, "size": [height, width], "peak": peak, "rows": rows}}
+    return {"text": text, "json": {"gmac_per_image": gmac, "sizes": [list(s) for s in sizes], "peak": peak,
+                                   "rows": rows}}
 
 
 def lickd_rows(codec, images, same, device, cuda_coder: str, fused: bool) -> dict:

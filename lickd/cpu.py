@@ -57,29 +57,55 @@ def resolve_amp(setting, device_type: str) -> bool:
     return device_type == "cuda" or (device_type == "cpu" and native_bf16())
 
 
-def cpu_mhz() -> Optional[float]:
-    """The highest "cpu MHz" /proc/cpuinfo reports (None where it reports none)."""
+def _cpuinfo_records() -> list[dict]:
+    """/proc/cpuinfo as one dict per logical CPU (empty where it is absent)."""
+    records, current = [], {}
     try:
         with open("/proc/cpuinfo") as f:
-            clocks = [float(line.split(":", 1)[1]) for line in f if line.startswith("cpu MHz")]
-    except (OSError, ValueError):
+            for line in f:
+                if not line.strip():
+                    if current:
+                        records.append(current)
+                    current = {}
+                elif ":" in line:
+                    key, value = line.split(":", 1)
+                    current[key.strip()] = value.strip()
+    except OSError:
+        return []
+    return records + ([current] if current else [])
+
+
+def cpu_mhz() -> Optional[float]:
+    """The highest "cpu MHz" /proc/cpuinfo reports (None where it reports none). On a VM this is
+    the host's nominal clock; on bare metal with frequency scaling, the clock of the moment."""
+    try:
+        clocks = [float(r["cpu MHz"]) for r in _cpuinfo_records() if "cpu MHz" in r]
+    except ValueError:
         return None
     return max(clocks) if clocks else None
 
 
+def physical_cores() -> Optional[int]:
+    """Distinct (physical id, core id) pairs in /proc/cpuinfo: cores, not SMT threads."""
+    cores = {(r.get("physical id"), r["core id"]) for r in _cpuinfo_records() if "core id" in r}
+    return len(cores) or None
+
+
 def fp32_peak_gmacs(threads: int) -> Optional[dict]:
-    """The nominal fp32 peak of ``threads`` cores in GMAC/s: clock (/proc/cpuinfo's "cpu MHz",
-    what the kernel reports, not a boost clock) x SIMD lanes (16 with AVX-512F, 8 with AVX2 + FMA)
-    x 2 FMA units per core. A yardstick for "what fraction of the machine does the codec use",
-    not a measurement; None where the clock is not reported."""
+    """The nominal fp32 peak of ``threads`` threads in GMAC/s: the cores they can occupy (SMT
+    siblings share a core's FMA units) x clock (``cpu_mhz``) x SIMD lanes (16 with AVX-512F, 8
+    with AVX2 + FMA, else 4) x 2 FMA units per core. A yardstick for "what fraction of the machine
+    does the codec use", not a measurement: some cores have one AVX-512 FMA unit, or run AVX-512
+    as two 256-bit halves, and a boost clock is higher. None where no clock is reported."""
     mhz = cpu_mhz()
     if mhz is None:
         return None
     flags = cpu_flags()
     lanes = 16 if "avx512f" in flags else 8 if {"avx2", "fma"} <= flags else 4
+    cores = min(threads, physical_cores() or threads)
     ghz = mhz / 1e3
-    return {"gmacs": threads * ghz * lanes * 2, "threads": threads, "ghz": round(ghz, 3), "lanes": lanes,
-            "fma_units": 2}
+    return {"gmacs": cores * ghz * lanes * 2, "threads": threads, "cores": cores, "ghz": round(ghz, 3),
+            "lanes": lanes, "fma_units": 2}
 
 
 #: glibc keeps freed blocks up to this size in its heap instead of returning them to the kernel

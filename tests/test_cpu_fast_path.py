@@ -155,11 +155,14 @@ def test_allocator_retention_applies_once_and_can_be_turned_off(tmp_path):
 
 
 def test_nominal_fp32_peak_follows_the_cpus_clock_and_vector_width(monkeypatch):
-    """lickd.cpu.fp32_peak_gmacs: threads x GHz x lanes (16 AVX-512F, 8 AVX2 + FMA, 4 otherwise)
-    x 2 FMA units; None without a reported clock."""
+    """lickd.cpu.fp32_peak_gmacs: the cores the threads occupy x GHz x lanes (16 AVX-512F, 8 AVX2
+    + FMA, 4 otherwise) x 2 FMA units; None without a reported clock."""
     from lickd import cpu
 
     monkeypatch.setattr(cpu, "cpu_mhz", lambda: 3000.0)
+    monkeypatch.setattr(cpu, "physical_cores", lambda: 1)  # SMT: two threads share one core's units
+    assert cpu.fp32_peak_gmacs(2)["cores"] == 1
+    monkeypatch.setattr(cpu, "physical_cores", lambda: 4)
     for flags, lanes in (({"avx2", "fma", "avx512f"}, 16), ({"avx2", "fma"}, 8), ({"avx2"}, 4), (set(), 4)):
         monkeypatch.setattr(cpu, "cpu_flags", lambda flags=flags: frozenset(flags))
         peak = cpu.fp32_peak_gmacs(2)

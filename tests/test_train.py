@@ -525,10 +525,16 @@ def test_widen_keeps_the_narrow_models_function(tmp_path, train_dir, architectur
             torch.testing.assert_close(z_wide[:, :8], z)
             assert z_wide[:, 8:].abs().sum() > 0  # the new channels carry signal, and nothing yet into h_s:
             torch.testing.assert_close(wide.h_s(torch.cat([z.round(), z_wide[:, 8:]], 1)), source.h_s(z.round()))
+        # the whole forward pass: the reconstruction and the rate of y
+        out, out_wide = source(x, **q), wide(x, **q)
+        torch.testing.assert_close(out_wide["x_hat"], out["x_hat"])
+        torch.testing.assert_close(out_wide["likelihoods"]["y"], out["likelihoods"]["y"])
+    wide.train()  # back from the checks above: in eval mode no gradient passes the rounding into g_a
     assert trainer.train()["step"] == 2
+    assert (wide.g_a[2].weight[:8, 8:] != 0).any()  # training grows the new channels in
     start = next(r for r in read_metrics(cfg.run_dir) if r.get("event") == "start")
     assert start["init_widen"] is True and start["warm_started"] > 0
-    other = "mbt2018-mean" if architecture != "mbt2018-mean" else "bmshj2018-hyperprior"
+    other = "mbt2018-mean"
     for bad, match in ((("N=8",), "N below 8"), (("N=16", "M=16"), "must have M=16"),
                        (("N=16", f"architecture={other}"), "widen: init is")):
         with pytest.raises(ValueError, match=match):

@@ -35,12 +35,9 @@ def write_tensors(tensors: dict, path: Path, metadata: dict) -> None:
 
 def read_tensors(path: Path, tensors: bool = True) -> tuple[dict, dict]:
     """A safetensors file's tensors (none when ``tensors`` is false) and its JSON metadata, from
-    one open file (a file replaced meanwhile cannot mix two versions)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-        return ({k: f.get_tensor(k) for k in f.keys()} if tensors else {}), meta
+    one open file (zoo.read_safetensors; CorruptFileError, a ValueError, if unreadable)."""
+    data, meta = zoo.read_safetensors(path, tensors)
+    return data, {k: json.loads(v) for k, v in meta.items()}
 
 
 def read_checkpoint(run_dir: os.PathLike, tensors: bool = True) -> tuple[dict, dict]:

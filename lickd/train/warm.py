@@ -5,9 +5,9 @@
 * ``widen``: a narrower model (N) of the same architecture grown to this run's N with its
   function kept (Net2Net's idea, Chen et al. 2016, in its simplest form): the old channels take
   the old weights, the new channels start from the wider model's own fresh initialisation, and
-  every weight from a new channel into an old one is zero, so at step 0 the old channels compute
-  exactly what they computed before (GDN's fresh gamma is already zero off the diagonal) and the
-  new ones contribute nothing yet. Their incoming weights are not zero, so they carry signal,
+  every weight from a new channel into an old one is zero (convolutions, and GDN's coupling
+  gamma), so at step 0 the old channels compute what they computed before and the new ones
+  contribute nothing yet. Their incoming weights are not zero, so they carry signal,
   and the gradients of their outgoing weights are not zero: training grows them in. The one
   thing that is not kept is the rate of the new hyper-latent channels, which the entropy
   bottleneck's fresh densities price until they learn.
@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..layers import GDN
 from ..layers.convolution import plain_layer_type
 from ..models import CompressionModel
 
@@ -62,15 +63,17 @@ def _input_dim(module: nn.Module):
 
 def widen(model: CompressionModel, source: CompressionModel) -> list[str]:
     """Grows ``source`` into the wider (N; M the same), freshly initialised ``model`` of the same
-    architecture (see the module doc); returns the names of the parameters that grew. Every tensor of
-    ``source`` lands in the leading slice of ``model``'s; a narrower or missing tensor, another
-    architecture, or a grouped convolution is an error."""
+    architecture (see the module doc); returns the names of the parameters that grew. Every
+    parameter of ``source`` lands in the leading slice of ``model``'s; a parameter that is
+    missing or would shrink, another architecture or M, or a grouped convolution is an error.
+    Buffers of another shape (CDF tables, rebuilt at export) are left as they are."""
     if source.architecture != model.architecture:
         raise ValueError(f"widen: init is {source.architecture}, this run trains {model.architecture}")
     if source.M != model.M or source.N >= model.N:
         # M stays: a mean-scale h_s's output is [scales, means] by halves, and a wider M would
         # interleave the old halves into the wrong ones
-        raise ValueError(f"widen: init N={source.N} M={source.M} must have M={model.M} and N below {model.N}")
+        raise ValueError(f"widen: init N={source.N} M={source.M} must have M={model.M} and N below {model.N} "
+                         "(a file of the same widths starts a run without init_widen)")
     theirs = source.state_dict()
     grown = []
     with torch.no_grad():
@@ -93,12 +96,14 @@ def widen(model: CompressionModel, source: CompressionModel) -> list[str]:
                 if old.shape == own.shape:
                     own.copy_(old)
                     continue
+                # nothing flows from a new input channel into an old output channel
                 if name == "weight" and in_dim is not None and own.size(in_dim) > old.size(in_dim):
-                    # nothing flows from a new input channel into an old output channel
                     out_dim = 1 - in_dim
                     cross = [slice(None)] * own.dim()
                     cross[out_dim], cross[in_dim] = slice(0, old.size(out_dim)), slice(old.size(in_dim), None)
                     own[tuple(cross)] = 0
+                elif name == "gamma" and isinstance(module, GDN):  # [out, in], stored reparametrised
+                    own[: old.size(0), old.size(1):] = module.gamma_reparam.init(torch.zeros(()))
                 own[tuple(slice(0, s) for s in old.shape)] = old
                 grown.append(full)
     return grown

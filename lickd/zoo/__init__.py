@@ -157,7 +157,7 @@ def narrow_qualities(path: os.PathLike, output: os.PathLike, qualities: tuple[fl
     """A copy of a variable-rate weights file that offers only ``qualities``: the same tensors,
     byte for byte, the range added to its metadata (what ``benchmarks/ship_model.py`` ships
     after measuring every quality of the original)."""
-    tensors, meta = _read_weights(Path(path))
+    tensors, meta = read_safetensors(path)
     info = ModelInfo.from_metadata(meta)
     if not info.variable_rate:
         raise ValueError(f"{path}: a quality range is for variable-rate models")
@@ -169,13 +169,15 @@ def narrow_qualities(path: os.PathLike, output: os.PathLike, qualities: tuple[fl
     return info
 
 
-def _read_weights(path: Path) -> tuple[dict, dict]:
-    """A weights file's tensors and metadata, from one open file; CorruptFileError if unreadable."""
+def read_safetensors(path: os.PathLike, tensors: bool = True) -> tuple[dict, dict]:
+    """A safetensors file's tensors (none when ``tensors`` is false) and its raw metadata, from
+    one open file (a file replaced meanwhile cannot mix two versions); CorruptFileError if it is
+    not readable."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+            return ({k: f.get_tensor(k) for k in f.keys()} if tensors else {}), f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise CorruptFileError(f"{path}: not a readable safetensors file ({e})") from None
 
@@ -189,7 +191,7 @@ def load_weights(path: os.PathLike, expected_sha256: Optional[str] = None,
     sha = file_sha256(path)
     if expected_sha256 and sha != expected_sha256:
         raise CorruptFileError(f"{path}: sha256 {sha[:16]}... does not match the registry ({expected_sha256[:16]}...)")
-    state, meta = _read_weights(path)
+    state, meta = read_safetensors(path)
     info = ModelInfo.from_metadata(meta, sha256=sha, path=path)
     if info.architecture not in ARCHITECTURES:
         raise CorruptFileError(f"{path}: unknown architecture {info.architecture!r}")
@@ -273,4 +275,4 @@ def find_quality(quality: float) -> ModelInfo:
     return best
 
 
-__all__ = ["ModelInfo", "file_sha256", "narrow_qualities", "quality_range", "state_sha256", "find", "find_default", "find_quality", "load_weights", "registry", "save_weights"]
+__all__ = ["ModelInfo", "file_sha256", "narrow_qualities", "quality_range", "read_safetensors", "state_sha256", "find", "find_default", "find_quality", "load_weights", "registry", "save_weights"]
