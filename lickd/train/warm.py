@@ -13,7 +13,9 @@
   bottleneck's fresh densities price until they learn.
 
 A teacher (N=128) widened from a trained student (N=64) starts at the student's rate-distortion
-point instead of at a random one: on a CPU that is most of the teacher's training saved.
+point instead of at a random one: the student's CPU-hours are not spent again (whether the wider
+model then overtakes the student sooner than one trained from scratch is measured in
+docs/training-log.md as the teacher run goes on).
 """
 from __future__ import annotations
 
