@@ -147,7 +147,7 @@ def main(argv=None):
     med = {k: statistics.median(v) for k, v in rows.items()}
     cai_stage_ms = {d: stage_medians_ms(v) for d, v in cai_stages.items()}
     path = fast_path(codec)
-    sizes = [tuple(pad_to_multiple(to_tensor(im)[0], 64).shape[-2:]) for im in loaded]
+    sizes = [codec.padded_size(im.shape[:2]) for im in loaded]
     work = work_summary(ours, sizes, device, {"CompressAI": (rows["cai_enc"], rows["cai_dec"]), **{
         label: (r["per_image_s"]["enc"], r["per_image_s"]["dec"]) for label, r in results.items()}})
     quality = f" at q{codec.quality:g}" if ours.variable_rate else ""
@@ -305,8 +305,9 @@ def work_summary(model, sizes: list, device, seconds: dict) -> dict:
     rows, parts = {}, []
     for label, (enc_s, dec_s) in seconds.items():
         rate = {"enc": sum(gmac["enc"]) / sum(enc_s), "dec": sum(gmac["dec"]) / sum(dec_s)}
-        rows[label] = {"gmacs": rate, "peak_fraction": {d: v / peak["gmacs"] for d, v in rate.items()} if peak else None}
-        share = f" ({100 * rate['enc'] / peak['gmacs']:.0f} % / {100 * rate['dec'] / peak['gmacs']:.0f} %)" if peak else ""
+        fraction = {d: v / peak["gmacs"] for d, v in rate.items()} if peak else None
+        rows[label] = {"gmacs": rate, "peak_fraction": fraction}
+        share = f" ({100 * fraction['enc']:.0f} % / {100 * fraction['dec']:.0f} %)" if peak else ""
         parts.append(f"{label} {rate['enc']:.0f} / {rate['dec']:.0f}{share}")
     size = f"{sizes[0][1]}x{sizes[0][0]}" if len(set(sizes)) == 1 else "mean over the images"
     text = (f"work per image ({size}): encode {sum(gmac['enc']) / len(sizes):.2f} GMAC, decode "

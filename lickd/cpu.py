@@ -21,13 +21,10 @@ FEATURES = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vn
 @functools.lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
     """Every feature flag the kernel reports for this CPU (empty where /proc/cpuinfo is absent)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    for record in _cpuinfo_records():
+        for key in ("flags", "Features"):
+            if key in record:
+                return frozenset(record[key].split())
     return frozenset()
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from .. import zoo
@@ -50,7 +49,7 @@ def read_checkpoint(run_dir: os.PathLike, tensors: bool = True) -> tuple[dict, d
         data, meta = read_tensors(path, tensors)
         int(meta["step"]), dict(meta["config"])
         return data, meta
-    except (KeyError, TypeError, OSError, ValueError, RuntimeError, SafetensorError) as e:
+    except (KeyError, TypeError, OSError, ValueError, RuntimeError) as e:
         raise ValueError(f"{path}: not a lickd training checkpoint ({type(e).__name__}: {e})") from None
 
 

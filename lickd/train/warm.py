@@ -87,7 +87,7 @@ def widen(model: CompressionModel, source: CompressionModel) -> list[str]:
             for name, own in tensors:
                 full = f"{module_name}.{name}" if module_name else name
                 if full not in theirs:
-                    if name in dict(module.named_parameters(recurse=False)):
+                    if isinstance(own, nn.Parameter):
                         raise ValueError(f"widen: init has no {full}")
                     continue  # a buffer built later (CDF tables at export)
                 old = theirs[full]
