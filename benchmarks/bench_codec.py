@@ -40,6 +40,7 @@ import torch
 from lickd import StudentCodec, zoo
 from lickd.device import resolve_device, synchronize
 from lickd.entropy.coder import cuda_coder_built
+from lickd.entropy.models import EXPORT_SCALES_LEVELS, get_scale_table
 from lickd.eval.bench import fast_path, stage_timer
 from lickd.image import list_images, load_rgb, pad_to_multiple, to_tensor
 from lickd.provenance import environment
@@ -111,7 +112,7 @@ def main(argv=None):
     keys = cai.load_state_dict(ours.state_dict(), strict=False)
     if keys.missing_keys or any(not k.startswith("gain_units.") for k in keys.unexpected_keys):
         sys.exit(f"CompressAI's {cai_class} does not take these weights: {keys}")
-    cai.update(force=True)
+    cai.update(scale_table=ours.gaussian_conditional.scale_table.cpu(), force=True)  # the model's own table
     cai.to(device)
 
     images = list_images(args.kodak)[: args.limit]
@@ -199,7 +200,7 @@ def make_codec(args, device, default_n: int, tile=None):
         torch.manual_seed(0)
         n = args.N or default_n
         model = MeanScaleHyperprior(n, args.M).eval()
-        model.update()
+        model.update(scale_table=get_scale_table(levels=EXPORT_SCALES_LEVELS))  # as a trained export's
         info = zoo.ModelInfo(name="random-init", architecture="mbt2018-mean", N=n, M=args.M)
         note = "random-init weights (no trained model yet)"
     return StudentCodec(model, info, device=device, tile=tile), note

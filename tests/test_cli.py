@@ -191,6 +191,11 @@ def test_convert_compressai_checkpoint_and_code_like_compressai(capsys, tmp_path
         ref_hat = ref.decompress(enc["strings"], enc["shape"])["x_hat"][..., :45, :70]
     ours = codec.decompress(codec.compress(Image.open(image_file)), output="tensor")
     assert torch.equal(ours, torch.round(ref_hat[0] * 255) / 255)
+    # in fp16 too it keeps CompressAI's 64-entry scale table (not lickd's export table)
+    assert run(capsys, "convert", src, "-o", tmp_path / "half.safetensors", "-q", "2", "--half")[0] == 0
+    half = StudentCodec.from_file(tmp_path / "half.safetensors", device="cpu")
+    assert torch.equal(half.model.gaussian_conditional.scale_table, ref.gaussian_conditional.scale_table)
+    assert half.model.gaussian_conditional._quantized_cdf.size(0) == 64
     assert run(capsys, "convert", tmp_path / "in.png", "-o", tmp_path / "x.safetensors")[0] == 1
 
 

@@ -297,6 +297,66 @@ def test_weights_are_safetensors_with_hash_and_fp16(weights_files):
         zoo.load_weights(path, expected_sha256="0" * 64)
 
 
+def test_weights_files_store_the_cdf_tables_packed_and_both_layouts_load(tmp_path, weights_files, rng):
+    """save_weights stores each entropy model's CDF rows without their padding; loading pads
+    them again to the very tables the model had (and files of the padded layout, as lickd wrote
+    them before, still load to the same codec); packed rows that do not add up are refused."""
+    from safetensors.torch import load_file, save_file
+    from lickd.entropy.cdf import pack_cdfs, unpack_cdfs
+    path = weights_files["mbt2018-mean"]
+    raw = load_file(str(path))
+    model, info = zoo.load_weights(path)
+    for prefix in ("gaussian_conditional.", "entropy_bottleneck."):
+        packed, lengths = raw[prefix + "_quantized_cdf"], raw[prefix + "_cdf_length"]
+        assert packed.dim() == 1 and packed.numel() == int(lengths.sum())
+        table = model.get_submodule(prefix[:-1])._quantized_cdf
+        assert table.shape == (lengths.numel(), int(lengths.max()))
+        assert torch.equal(unpack_cdfs(pack_cdfs(table, lengths), lengths), table)
+        for t in range(lengths.numel()):  # each row: its values, then zeros
+            assert torch.equal(table[t, :int(lengths[t])], packed[int(lengths[:t].sum()):int(lengths[:t + 1].sum())])
+            assert not table[t, int(lengths[t]):].any()
+    # the padded layout of older files: the same model, the same bytes out
+    padded = dict(raw)
+    for prefix in ("gaussian_conditional.", "entropy_bottleneck."):
+        padded[prefix + "_quantized_cdf"] = model.get_submodule(prefix[:-1])._quantized_cdf.clone()
+    old = tmp_path / "padded.safetensors"
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    save_file(padded, str(old), metadata=meta)
+    img = random_image(48, 64, rng)
+    a, b = (container.parse(StudentCodec.from_file(p).compress(img)) for p in (old, path))
+    assert [(x.name, x.data) for x in a.sections] == [(x.name, x.data) for x in b.sections]
+    # tables that do not fit together: one clear error each, never a crash, other tables or a
+    # huge allocation
+    gc = "gaussian_conditional."
+    cdf, lengths = raw[gc + "_quantized_cdf"], raw[gc + "_cdf_length"]
+    table = model.gaussian_conditional._quantized_cdf
+    bomb = torch.full((4096,), 3, dtype=torch.int32)
+    bomb[-1] = 65537
+    damaged = {
+        "truncated": {gc + "_quantized_cdf": cdf[:-1]},
+        "a [1, N] table": {gc + "_quantized_cdf": cdf[None]},
+        "float values": {gc + "_quantized_cdf": cdf.double() + 0.7},
+        "no lengths": {gc + "_cdf_length": None},
+        "no offsets": {gc + "_offset": None},
+        "a zero length": {gc + "_cdf_length": torch.cat([torch.zeros(1, dtype=torch.int32), lengths[1:]]),
+                          gc + "_quantized_cdf": cdf[int(lengths[0]):]},
+        "a length beyond 65537": {gc + "_cdf_length": torch.cat([lengths[:-1], torch.tensor([70000], dtype=torch.int32)])},
+        "a padded length beyond the width": {gc + "_quantized_cdf": table[:, :-1].contiguous()},
+        "lengths for other tables": {gc + "_cdf_length": lengths[:-1]},
+        "4096 tables to unpack to 1 GB": {gc + "_cdf_length": bomb, gc + "_offset": torch.zeros(4096, dtype=torch.int32),
+                                          gc + "_quantized_cdf": torch.arange(int(bomb.sum()), dtype=torch.int32)},
+        "not a power of two": {gc + "_quantized_cdf": cdf + 1},
+    }
+    for what, change in damaged.items():
+        broken = {k: v for k, v in dict(raw, **change).items() if v is not None}
+        save_file({k: v.contiguous() for k, v in broken.items()}, str(tmp_path / "broken.safetensors"), metadata=meta)
+        with pytest.raises(CorruptFileError, match="_quantized_cdf"):
+            zoo.load_weights(tmp_path / "broken.safetensors")
+            pytest.fail(what)
+
+
 def test_non_lickd_or_pickled_weights_are_refused(tmp_path):
     pickled = tmp_path / "model.safetensors"
     torch.save({"g_a.0.weight": torch.zeros(1)}, pickled)

@@ -214,6 +214,12 @@ def test_export_loads_in_student_codec_and_compresses(tmp_path, train_dir, ema):
     # the run's own export and lickd export hold the same parameters (EMA ones when enabled), up to fp16
     for (name, a), b in zip(codec.model.named_parameters(), exported.model.parameters()):
         torch.testing.assert_close(a.half().float(), b, rtol=0, atol=0, msg=name)
+    # both on lickd's export scale table (the fp16 one rebuilt its tables on the same table)
+    from lickd.entropy.models import EXPORT_SCALES_LEVELS, get_scale_table
+    for c in (codec, exported):
+        table = c.model.gaussian_conditional.scale_table
+        assert torch.equal(table, get_scale_table(levels=EXPORT_SCALES_LEVELS))
+        assert c.model.gaussian_conditional._quantized_cdf.size(0) == EXPORT_SCALES_LEVELS
 
 
 def test_cli_train_and_distill(tmp_path, train_dir, capsys):
@@ -494,6 +500,62 @@ def test_stratified_qualities_cover_every_level_in_each_batch(tmp_path, train_di
     assert Trainer(cfg, progress=False).train()["step"] == 2
     with pytest.raises(ValueError, match="quality_sampling"):
         config(tmp_path, train_dir, "quality_sampling=biased")
+
+
+def test_scaled_crops_are_antialiased_downscales_of_a_larger_region(tmp_path, train_dir, rng):
+    """crop_scale: each crop is PIL's antialiased bilinear resize of a region 1/s times the patch
+    at a random place (to within one 8-bit level), the region never larger than the image, s
+    within the range; the default draws the plain crops, from the random stream of before."""
+    from lickd.train.data import CropSampler, ImageFolder
+    folder = tmp_path / "scaled"
+    folder.mkdir()
+    img = rng.integers(0, 256, (96, 112, 3), dtype=np.uint8)
+    img = np.clip(img * 0.3 + 90 + 60 * np.sin(np.arange(112) / 4)[None, :, None], 0, 255).astype(np.uint8)
+    Image.fromarray(img).save(folder / "a.png")
+    data = ImageFolder(folder, 32, torch.device("cpu"))
+
+    def draw(g, high):  # the sampler's integer draw
+        return int(torch.randint(high, (1,), generator=g))
+
+    for scale, side in (((0.7, 0.7), 46), ((0.25, 0.3), 96)):  # a 46-pixel region; one clamped to the image
+        sampler = CropSampler(data, 5, seed=3, scale=scale)
+        replay = torch.Generator()
+        replay.set_state(sampler.state())
+        crops = sampler.next()
+        assert crops.shape == (5, 3, 32, 32)
+        for crop in crops:  # the draws in the sampler's order: image, scale, top, left, flips
+            draw(replay, 1)
+            float(torch.rand((), generator=replay))
+            top, left = draw(replay, 96 - side + 1), draw(replay, 112 - side + 1)
+            flip_w, flip_h = draw(replay, 2), draw(replay, 2)
+            region = Image.fromarray(img[top:top + side, left:left + side])
+            ref = np.asarray(region.resize((32, 32), Image.BILINEAR), dtype=float)
+            ref = ref[:, ::-1] if flip_w else ref
+            ref = ref[::-1] if flip_h else ref
+            got = crop.permute(1, 2, 0).numpy() * 255
+            assert np.allclose(got, np.round(got), atol=1e-4)  # 8-bit values
+            assert np.abs(got - ref).max() <= 1.0
+    # the region's side follows the scale drawn: 32 / s for s in [0.5, 1]
+    sampler = CropSampler(data, 1, seed=5, scale=(0.5, 1.0))
+    sides = [sampler._region(data.images[0]) for _ in range(300)]
+    assert 32 <= min(sides) < 36 and 60 < max(sides) <= 64
+    # the default: plain crops, drawn as before crop_scale existed (image, top, left, two flips)
+    sampler = CropSampler(data, 4, seed=9)
+    replay = torch.Generator()
+    replay.set_state(sampler.state())
+    crops = sampler.next()
+    for crop in crops:
+        draw(replay, 1)
+        top, left = draw(replay, 96 - 32 + 1), draw(replay, 112 - 32 + 1)
+        flips = [d for d, bit in ((2, draw(replay, 2)), (1, draw(replay, 2))) if bit]
+        ref = data.images[0][:, top:top + 32, left:left + 32]
+        assert torch.equal(crop, (ref.flip(flips) if flips else ref).float() / 255)
+    assert torch.equal(sampler.state(), replay.get_state())
+    cfg = config(tmp_path, train_dir, "crop_scale=0.5,1", "steps=2")
+    assert cfg.crop_scale == (0.5, 1.0) and Trainer(cfg, progress=False).train()["step"] == 2
+    for bad in ("0,1", "0.8,0.5", "0.5,1.5", "0.5", "nan,1"):
+        with pytest.raises(ValueError, match="crop_scale"):
+            config(tmp_path, train_dir, f"crop_scale={bad}")
 
 
 @pytest.mark.parametrize("architecture", ["mbt2018-mean-vr", "bmshj2018-hyperprior", "bmshj2018-factorized"])

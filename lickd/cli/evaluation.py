@@ -33,8 +33,6 @@ def _lickd_points(args, fused) -> list:
     quality), else the shipped models for -q, else every shipped model."""
     from .. import zoo
     from ..eval.codecs import LickdCodec
-    from ..models import MSE_LAMBDAS
-
     qualities = _parse_qualities(args.quality, float) if args.quality else None
     if qualities:
         from ..models import check_quality
@@ -73,9 +71,10 @@ def _lickd_points(args, fused) -> list:
     points = []
     for c in codecs:
         if c.variable_rate:
-            offered = [q for q in qualities or range(1, len(MSE_LAMBDAS) + 1) if c.info.offers(q)]
+            low, high = c.info.offered_range
+            offered = ([q for q in qualities if c.info.offers(q)] if qualities  # its whole qualities, else its ends
+                       else list(range(math.ceil(low), math.floor(high) + 1)) or sorted({low, high}))
             if not offered:
-                low, high = c.info.offered_range
                 raise UsageError(None, f"-q: model '{c.info.name}' offers qualities {low:g}..{high:g}")
             points += [LickdCodec(c, fused=fused, quality=q) for q in offered]
         elif qualities and not args.weights and not args.model and c.info.quality not in qualities:

@@ -2,8 +2,11 @@
 
 Layout is CompressAI's: a table of n symbols (the last one the escape, carrying the tail mass)
 is a row ``0 = c_0 < c_1 < ... < c_n = 2^P`` stored in an int32 tensor padded to a common width,
-with ``cdf_length = n + 1``.
+with ``cdf_length = n + 1``. A weights file stores them packed (``pack_cdfs``): the rows one
+after another without the padding, which is most of a padded table set.
 """
+from __future__ import annotations
+
 import torch
 from torch import Tensor
 
@@ -49,3 +52,60 @@ def pmf_to_quantized_cdf(pmf: Tensor, lengths: Tensor, precision: int) -> Tensor
     cdf = cdf * (torch.arange(width + 1)[None, :] <= lengths[:, None])
     assert bool((cdf.gather(1, lengths[:, None]) == total).all()), "CDF quantisation lost mass"
     return cdf.to(torch.int32)
+
+
+#: the most padded entries tables may unpack to (64 MB of int32): a packed file's lengths decide
+#: the padded size, so a small hostile file could otherwise ask for gigabytes
+MAX_PADDED_ENTRIES = 1 << 24
+_INTEGER_DTYPES = (torch.int32, torch.int64)
+
+
+def check_tables(cdf: Tensor, cdf_length: Tensor, offset: Tensor | None = None) -> None:
+    """ValueError unless ``cdf`` (padded [T, W] or packed [sum of lengths]), ``cdf_length`` and
+    ``offset`` ([T] each) are integer tensors of one table set whose every length is in
+    3..65537 (what the coder takes: two symbols and the escape at least, 65535 symbols at most)."""
+    if any(t is not None and t.dtype not in _INTEGER_DTYPES for t in (cdf, cdf_length, offset)):
+        raise ValueError("CDF tables, lengths and offsets must be integer tensors")
+    if cdf_length.dim() != 1 or cdf_length.numel() == 0:
+        raise ValueError(f"cdf_length must list one length per table, got shape {tuple(cdf_length.shape)}")
+    n = cdf_length.numel()
+    if offset is not None and offset.shape != (n,):
+        raise ValueError(f"{tuple(offset.shape)} offsets for {n} tables")
+    lengths = cdf_length.detach().cpu().long()
+    low, high = int(lengths.min()), int(lengths.max())
+    if low < 3 or high > 65537:
+        raise ValueError(f"CDF lengths must be in 3..65537, got {low}..{high}")
+    if cdf.dim() == 2:
+        if cdf.size(0) != n or high > cdf.size(1):
+            raise ValueError(f"{tuple(cdf.shape)} padded tables for {n} lengths up to {high}")
+    elif cdf.dim() == 1:
+        if int(lengths.sum()) != cdf.numel():
+            raise ValueError(f"packed CDF tables of {cdf.numel()} values do not match their lengths "
+                             f"(sum {int(lengths.sum())})")
+        if n * high > MAX_PADDED_ENTRIES:
+            raise ValueError(f"{n} tables of up to {high} entries are more than lickd unpacks")
+    else:
+        raise ValueError(f"CDF tables must be padded [T, W] or packed [N], got shape {tuple(cdf.shape)}")
+
+
+def pack_cdfs(cdf: Tensor, cdf_length: Tensor) -> Tensor:
+    """The padded CDF rows ``cdf`` [T, W] as one int32 vector: row t's first ``cdf_length[t]``
+    values, row after row (what a weights file stores; ``unpack_cdfs`` undoes it)."""
+    check_tables(cdf, cdf_length)
+    if cdf.dim() != 2:
+        raise ValueError("pack_cdfs takes padded tables [T, W]")
+    lengths = cdf_length.detach().cpu().long()
+    valid = torch.arange(cdf.size(1))[None, :] < lengths[:, None]
+    return cdf.detach().cpu().to(torch.int32)[valid]
+
+
+def unpack_cdfs(packed: Tensor, cdf_length: Tensor) -> Tensor:
+    """``pack_cdfs``'s vector back to zero-padded rows [T, max(cdf_length)] (int32); ValueError
+    for anything ``check_tables`` refuses (a damaged or foreign file)."""
+    check_tables(packed, cdf_length)
+    if packed.dim() != 1:
+        raise ValueError("unpack_cdfs takes packed tables [N]")
+    lengths = cdf_length.detach().cpu().long()
+    out = torch.zeros(lengths.numel(), int(lengths.max()), dtype=torch.int32)
+    out[torch.arange(out.size(1))[None, :] < lengths[:, None]] = packed.to(torch.int32)
+    return out

@@ -44,15 +44,17 @@ class CompressionModel(nn.Module):
 
     def update(self, scale_table: Optional[Tensor] = None, force: bool = False,
                update_quantiles: bool = False) -> bool:
-        """Builds the CDF tables of every entropy model; needed once after training."""
-        if scale_table is None:
-            scale_table = get_scale_table()
+        """Builds the CDF tables of every entropy model; needed once after training. Without a
+        ``scale_table`` a GaussianConditional keeps the one it has, or gets CompressAI's default
+        (64 entries) if it has none: lickd's exports pass their own (``exported_model``)."""
         updated = False
         for module in self.modules():
             if isinstance(module, EntropyBottleneck):
                 updated |= module.update(force=force, update_quantiles=update_quantiles)
             if isinstance(module, GaussianConditional):
-                updated |= module.update_scale_table(scale_table, force=force)
+                table = scale_table if scale_table is not None else (
+                    module.scale_table if module.scale_table.numel() else get_scale_table())
+                updated |= module.update_scale_table(table, force=force)
         return updated
 
     def aux_loss(self) -> Tensor:

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from .. import zoo
+from ..entropy.models import EXPORT_SCALES_LEVELS, get_scale_table
 from ..models import ARCHITECTURES, CompressionModel
 from ..models.variable_rate import DEFAULT_QUALITY
 from ..provenance import git_commit
@@ -81,14 +82,14 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict, groups: list, pref
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
-#: fields a continued run may change: how long it runs, where its files are, how often it logs,
-#: what its checkpoints keep, where and how it runs (device, precision, memory layout, fused
-#: kernels: tested to train the same model) and its learning-rate schedule from here on. The lr
-#: milestones are fractions of ``steps``, so a new ``steps`` moves them too; the log records the
-#: lr of every logged step.
-RESUMABLE_CHANGES = {"steps", "data", "val_data", "val_images", "run_dir", "device", "log_every", "val_every",
-                     "ckpt_every", "tensorboard", "name", "optimizer_state", "lr", "lr_milestones", "lr_gamma",
-                     "amp", "channels_last", "fused"}
+#: fields a continued run may change: how long it runs, its data (folder, crop scales), where its
+#: files are, how often it logs, what its checkpoints keep, where and how it runs (device,
+#: precision, memory layout, fused kernels: tested to train the same model) and its learning-rate
+#: schedule from here on. The lr milestones are fractions of ``steps``, so a new ``steps`` moves
+#: them too; the log records the lr of every logged step.
+RESUMABLE_CHANGES = {"steps", "data", "crop_scale", "val_data", "val_images", "run_dir", "device", "log_every",
+                     "val_every", "ckpt_every", "tensorboard", "name", "optimizer_state", "lr", "lr_milestones",
+                     "lr_gamma", "amp", "channels_last", "fused"}
 
 
 def config_changes(saved: dict, cfg: TrainConfig) -> list[str]:
@@ -140,12 +141,13 @@ def export_run(run_dir: os.PathLike, output: os.PathLike, half: bool = False, na
 
 def exported_model(architecture: str, state: dict, ema: Optional[dict] = None) -> CompressionModel:
     """A plain model (eval mode, CPU) from a trained state: EMA parameters, when given, replace
-    the live ones (buffers stay), and the CDF tables are built for it."""
+    the live ones (buffers stay), and the CDF tables are built for it (lickd's finer scale table,
+    EXPORT_SCALES_LEVELS entries)."""
     state = {k: v.detach().cpu() for k, v in state.items()}
     if ema:
         state.update({k: v.detach().cpu() for k, v in ema.items()})
     model = ARCHITECTURES[architecture].from_state_dict(state)
-    model.eval().update(force=True)
+    model.eval().update(scale_table=get_scale_table(levels=EXPORT_SCALES_LEVELS), force=True)
     return model
 
 

@@ -59,6 +59,10 @@ class TrainConfig:
     val_images: int = 4
     patch_size: int = 256
     batch_size: int = 16
+    # each crop covers a region 1/s times the patch, resized (antialiased) to the patch, s drawn
+    # log-uniformly in [low, high] (clamped where the image is too small); (1, 1): plain crops.
+    # Downscaling removes noise and JPEG artefacts of the training photos and varies their scale
+    crop_scale: tuple[float, ...] = (1.0, 1.0)
     # optimisation
     steps: int = 100_000
     lr: float = 1e-4
@@ -178,6 +182,8 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError("init_parts names modules of an init weights file: set init too")
     if cfg.init_widen and (not cfg.init or cfg.init_parts):
         raise ValueError("init_widen grows the init weights file as a whole: set init, and not init_parts")
+    if len(cfg.crop_scale) != 2 or not 0 < cfg.crop_scale[0] <= cfg.crop_scale[1] <= 1:  # NaN fails too
+        raise ValueError("crop_scale must be two scales low,high with 0 < low <= high <= 1")
     if cfg.steps < 1 or cfg.batch_size < 1:
         raise ValueError("steps and batch_size must be >= 1")
     factor = 16 if cfg.architecture == "bmshj2018-factorized" else 64

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from ..image import list_images, load_rgb
 
@@ -37,25 +38,43 @@ class ImageFolder:
 
 
 class CropSampler:
-    """Batches of random crops (and horizontal/vertical flips) as float [B, 3, P, P] in [0, 1]."""
+    """Batches of random crops (and horizontal/vertical flips) as float [B, 3, P, P] in [0, 1].
 
-    def __init__(self, data: ImageFolder, batch_size: int, seed: int):
+    ``scale`` = (low, high) below 1: each crop is a square region of P / s pixels, s drawn
+    log-uniformly in [low, high] (but never a region larger than the image's shorter side),
+    resized to P with antialiased bilinear filtering and rounded back to 8-bit values."""
+
+    def __init__(self, data: ImageFolder, batch_size: int, seed: int, scale: tuple = (1.0, 1.0)):
         self.data, self.batch_size = data, batch_size
+        self.scale = (float(scale[0]), float(scale[1]))
         self.generator = torch.Generator().manual_seed(int(seed))
 
     def _randint(self, high: int) -> int:
         return int(torch.randint(high, (1,), generator=self.generator))
+
+    def _region(self, img: torch.Tensor) -> int:
+        """The side of the region the next crop covers (the patch size when not scaling)."""
+        p, (low, high) = self.data.patch_size, self.scale
+        if high >= 1.0 and low >= 1.0:
+            return p
+        u = float(torch.rand((), generator=self.generator))
+        s = low * (high / low) ** u
+        return min(min(img.shape[1:]), max(p, round(p / s)))
 
     def next(self) -> torch.Tensor:
         p = self.data.patch_size
         crops = []
         for _ in range(self.batch_size):
             img = self.data.images[self._randint(len(self.data))]
-            top, left = self._randint(img.shape[1] - p + 1), self._randint(img.shape[2] - p + 1)
-            crop = img[:, top:top + p, left:left + p]
+            size = self._region(img)
+            top, left = self._randint(img.shape[1] - size + 1), self._randint(img.shape[2] - size + 1)
+            crop = img[:, top:top + size, left:left + size].float()
+            if size != p:
+                crop = F.interpolate(crop[None], size=(p, p), mode="bilinear", antialias=True,
+                                     align_corners=False)[0].round_().clamp_(0, 255)
             flips = [d for d, bit in ((2, self._randint(2)), (1, self._randint(2))) if bit]
             crops.append(crop.flip(flips) if flips else crop)
-        return torch.stack(crops).float().div_(255.0)
+        return torch.stack(crops).div_(255.0)
 
     def qualities(self, levels: int, stratified: bool = False) -> torch.Tensor:
         """One quality 1..levels per crop of a batch (what a variable-rate model trains at):

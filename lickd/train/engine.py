@@ -101,7 +101,7 @@ class Trainer:
 
         # Data: crops differ per rank; noise too.
         self.data = ImageFolder(cfg.data, cfg.patch_size, self.device)
-        self.sampler = CropSampler(self.data, cfg.batch_size, seed=cfg.seed * 1009 + self.rank)
+        self.sampler = CropSampler(self.data, cfg.batch_size, seed=cfg.seed * 1009 + self.rank, scale=cfg.crop_scale)
         torch.manual_seed(cfg.seed * 7919 + self.rank + 1)
 
         self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
+from ..entropy.cdf import pack_cdfs
 from ..errors import CorruptFileError, ModelNotFoundError
 from ..models import ARCHITECTURES, CompressionModel, build_model
 from ..models.variable_rate import QUALITY_MAX, QUALITY_MIN
@@ -128,10 +129,12 @@ def state_sha256(model: torch.nn.Module) -> str:
 
 
 def save_weights(model: CompressionModel, path: os.PathLike, info: ModelInfo, half: bool = False) -> ModelInfo:
-    """Writes ``model`` (CDF tables included) as safetensors; returns ``info`` with the sha256.
+    """Writes ``model`` (CDF tables included, packed: ``lickd.entropy.cdf.pack_cdfs``) as
+    safetensors; returns ``info`` with the sha256.
 
-    ``half=True`` stores the float parameters in fp16 and rebuilds the CDF tables from the
-    rounded parameters, so the tables describe exactly the model that will be loaded.
+    ``half=True`` stores the float parameters in fp16 and rebuilds the CDF tables (on the same
+    scale table) from the rounded parameters, so the tables describe exactly the model that will
+    be loaded.
     """
     model = copy.deepcopy(model).cpu().float()
     if half:
@@ -141,8 +144,11 @@ def save_weights(model: CompressionModel, path: os.PathLike, info: ModelInfo, ha
         model.update(force=True)
     params = {n for n, _ in model.named_parameters()}
     tensors = {}
-    for name, t in model.state_dict().items():
+    state = model.state_dict()
+    for name, t in state.items():
         t = t.detach().contiguous()
+        if name.endswith("._quantized_cdf") and t.dim() == 2 and t.numel():
+            t = pack_cdfs(t, state[name[: -len("_quantized_cdf")] + "_cdf_length"])
         tensors[name] = t.half() if half and name in params and t.is_floating_point() else t
     info = copy.copy(info)
     info.architecture, info.N, info.M = model.architecture, model.N, model.M
