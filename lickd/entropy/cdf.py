@@ -30,7 +30,7 @@ def pmf_to_quantized_cdf(pmf: Tensor, lengths: Tensor, precision: int) -> Tensor
         raise ValueError("every table needs between 2 and pmf.size(1) symbols")
     if int(lengths.max()) > total:
         raise ValueError(f"a table has more symbols than 2^{precision} can give frequency 1")
-    valid = torch.arange(width)[None, :] < lengths[:, None]
+    valid = _row_mask(lengths, width)
     p = torch.where(valid & torch.isfinite(pmf), pmf.clamp(min=0), torch.zeros(()).double())
     mass = p.sum(1, keepdim=True)
     p = torch.where(mass > 0, p / mass.clamp(min=1e-300), valid.double() / lengths[:, None].double())
@@ -49,7 +49,7 @@ def pmf_to_quantized_cdf(pmf: Tensor, lengths: Tensor, precision: int) -> Tensor
     freq.scatter_add_(1, freq.argmax(1, keepdim=True), fix[:, None])
     cdf = torch.zeros(n_tables, width + 1, dtype=torch.int64)
     cdf[:, 1:] = torch.cumsum(freq, 1)
-    cdf = cdf * (torch.arange(width + 1)[None, :] <= lengths[:, None])
+    cdf = cdf * _row_mask(lengths + 1, width + 1)
     assert bool((cdf.gather(1, lengths[:, None]) == total).all()), "CDF quantisation lost mass"
     return cdf.to(torch.int32)
 
@@ -88,24 +88,28 @@ def check_tables(cdf: Tensor, cdf_length: Tensor, offset: Tensor | None = None) 
         raise ValueError(f"CDF tables must be padded [T, W] or packed [N], got shape {tuple(cdf.shape)}")
 
 
+def _row_mask(lengths: Tensor, width: int) -> Tensor:
+    """[T, width] bool: True in row t's first ``lengths[t]`` columns."""
+    return torch.arange(width)[None, :] < lengths.detach().cpu().long()[:, None]
+
+
 def pack_cdfs(cdf: Tensor, cdf_length: Tensor) -> Tensor:
     """The padded CDF rows ``cdf`` [T, W] as one int32 vector: row t's first ``cdf_length[t]``
     values, row after row (what a weights file stores; ``unpack_cdfs`` undoes it)."""
     check_tables(cdf, cdf_length)
     if cdf.dim() != 2:
         raise ValueError("pack_cdfs takes padded tables [T, W]")
-    lengths = cdf_length.detach().cpu().long()
-    valid = torch.arange(cdf.size(1))[None, :] < lengths[:, None]
-    return cdf.detach().cpu().to(torch.int32)[valid]
+    return cdf.detach().cpu().to(torch.int32)[_row_mask(cdf_length, cdf.size(1))]
 
 
-def unpack_cdfs(packed: Tensor, cdf_length: Tensor) -> Tensor:
+def unpack_cdfs(packed: Tensor, cdf_length: Tensor, checked: bool = False) -> Tensor:
     """``pack_cdfs``'s vector back to zero-padded rows [T, max(cdf_length)] (int32); ValueError
-    for anything ``check_tables`` refuses (a damaged or foreign file)."""
-    check_tables(packed, cdf_length)
+    for anything ``check_tables`` refuses (a damaged or foreign file), unless the caller has
+    ``checked`` them already."""
+    if not checked:
+        check_tables(packed, cdf_length)
     if packed.dim() != 1:
         raise ValueError("unpack_cdfs takes packed tables [N]")
-    lengths = cdf_length.detach().cpu().long()
-    out = torch.zeros(lengths.numel(), int(lengths.max()), dtype=torch.int32)
-    out[torch.arange(out.size(1))[None, :] < lengths[:, None]] = packed.to(torch.int32)
+    out = torch.zeros(cdf_length.numel(), int(cdf_length.max()), dtype=torch.int32)
+    out[_row_mask(cdf_length, out.size(1))] = packed.to(torch.int32)
     return out

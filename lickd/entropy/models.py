@@ -148,7 +148,7 @@ class EntropyModel(nn.Module):
                     raise ValueError("CDF tables without their lengths and offsets")
                 check_tables(state_dict[cdf_key], state_dict[length_key], state_dict[offset_key])
                 if state_dict[cdf_key].dim() == 1:
-                    state_dict[cdf_key] = unpack_cdfs(state_dict[cdf_key], state_dict[length_key])
+                    state_dict[cdf_key] = unpack_cdfs(state_dict[cdf_key], state_dict[length_key], checked=True)
             except ValueError as e:
                 error_msgs.append(f"{cdf_key}: {e}")
                 return
