@@ -74,12 +74,13 @@ ext_modules = [
     )
 ]
 
-packages = find_packages(include=["lickd", "lickd.*"]) + ["lickd.kernels"]
+# lickd/zoo/weights holds data only (no __init__.py): named here so setuptools ships it as package data
+packages = find_packages(include=["lickd", "lickd.*"]) + ["lickd.kernels", "lickd.zoo.weights"]
 
 setup(
     packages=packages,
     package_dir={"lickd.kernels": "kernels"},
-    package_data={"lickd.zoo": ["registry.json", "weights/*.safetensors"]},
+    package_data={"lickd.zoo": ["registry.json"], "lickd.zoo.weights": ["*.safetensors"]},
     ext_modules=ext_modules,
     cmdclass={"build_ext": BuildExt},
     zip_safe=False,

@@ -125,12 +125,45 @@ def model_layers(architecture: str, N: int, M: int, dtype: torch.dtype) -> list[
     return out
 
 
+def _key_resources(key: tuple, arch: int) -> Resources:
+    transposed, cout, act, dtype, ks, stride, pad, part = key
+    try:
+        return resources(compile_layer(transposed, cout, act, dtype, ks, stride, pad, arch, part=part))
+    except Exception as e:  # a worker's own exception may not pickle back: the layer and the traceback do
+        import traceback
+        raise RuntimeError(f"layer {key}: {type(e).__name__}: {e}\n{traceback.format_exc()}") from None
+
+
+def default_jobs() -> int:
+    """The CPUs this process may use (its affinity, not the host's count), at most 8: each worker
+    holds its own torch and Triton."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 8))
+
+
+def _compile_all(keys: list[tuple], arch: int, jobs: int) -> dict[tuple, Resources]:
+    """Resources of every distinct kernel. Compiling (Triton's passes, ptxas) and reading the cubin
+    back are single-threaded work per kernel, so with ``jobs`` > 1 the kernels compile in that many
+    fresh processes (spawned: no forked compiler state), each its own share of the keys."""
+    if jobs <= 1 or len(keys) <= 1:
+        return {key: _key_resources(key, arch) for key in keys}
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(max_workers=min(jobs, len(keys)), mp_context=get_context("spawn")) as pool:
+        return dict(zip(keys, pool.map(_key_resources, keys, [arch] * len(keys))))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Registers, spills and shared memory of every fused layer, per GPU arch")
     p.add_argument("--arch", type=int, default=90)
     p.add_argument("--sizes", default=",".join(f"{a}:{n}:{m}" for a, n, m in ZOO_SIZES))
     p.add_argument("--check", action="store_true", help="exit 1 when a fused layer spills or overflows shared memory")
     p.add_argument("--split", action="store_true", help="also the split-K passes of the 16-bit layers (for small layers)")
+    p.add_argument("--jobs", type=int, default=default_jobs(), help="kernels compiled at once (default: the CPUs, at most 8)")
     args = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         p.error("unset TRITON_INTERPRET: the interpreter does not compile kernels")
@@ -141,25 +174,25 @@ def main(argv=None) -> int:
     print(f"sm_{args.arch}, Triton {triton.__version__}; shared memory limit {limit // 1024} KB")
     print(f"{'model':30s} {'layer':6s} {'kind':7s} {'Cout':>5s} {'act':10s} {'dtype':8s} {'warps':>5s} "
           f"{'regs':>5s} {'spill B':>8s} {'smem KB':>8s} {'MMA':>6s}")
-    seen, bad = {}, 0
+    rows = []  # (model size, layer name, key): every fused layer, in the order printed
     for size in args.sizes.split(","):
         arch, n, m = size.split(":")
         for dtype in (torch.bfloat16, torch.float32):
             parts = ("single", "slices", "epilogue") if args.split and dtype != torch.float32 else ("single",)
             for name, transposed, cout, act, ks, stride, pad in model_layers(arch, int(n), int(m), dtype):
-                for part in parts:
-                    key = (transposed, cout, act, dtype, ks, stride, pad, part)
-                    if key not in seen:
-                        seen[key] = resources(compile_layer(transposed, cout, act, dtype, ks, stride, pad, args.arch,
-                                                            part=part))
-                    r = seen[key]
-                    flag = r.stack_bytes > 0 or r.shared_bytes > limit
-                    bad += flag
-                    kind = "deconv" if transposed else f"conv{ks}s{stride}"
-                    label = name if part == "single" else f"{name} {part}"
-                    print(f"{size:30s} {label:6s} {kind:7s} {cout:5d} {act:10s} {str(dtype)[6:]:8s} {r.num_warps:5d} "
-                          f"{r.registers:5d} {r.stack_bytes:8d} {r.shared_bytes / 1024:8.1f} "
-                          f"{'wgmma' if r.wgmma else 'mma':>6s}{'  <-- spills or too much shared memory' if flag else ''}")
+                rows += [(size, name, (transposed, cout, act, dtype, ks, stride, pad, part)) for part in parts]
+    seen = _compile_all(list(dict.fromkeys(key for _, _, key in rows)), args.arch, args.jobs)
+    bad = 0
+    for size, name, key in rows:
+        transposed, cout, act, dtype, ks, stride, pad, part = key
+        r = seen[key]
+        flag = r.stack_bytes > 0 or r.shared_bytes > limit
+        bad += flag
+        kind = "deconv" if transposed else f"conv{ks}s{stride}"
+        label = name if part == "single" else f"{name} {part}"
+        print(f"{size:30s} {label:6s} {kind:7s} {cout:5d} {act:10s} {str(dtype)[6:]:8s} {r.num_warps:5d} "
+              f"{r.registers:5d} {r.stack_bytes:8d} {r.shared_bytes / 1024:8.1f} "
+              f"{'wgmma' if r.wgmma else 'mma':>6s}{'  <-- spills or too much shared memory' if flag else ''}")
     wgmma = sum(1 for r in seen.values() if r.wgmma)
     print(f"{len(seen)} distinct kernels ({wgmma} on Hopper's warpgroup MMA), {bad} layer(s) over the limits")
     return 1 if args.check and bad else 0

@@ -46,8 +46,10 @@ def read_metrics(run_dir):
 def test_a_few_steps_reduce_the_loss(tmp_path, train_dir):
     cfg = config(tmp_path, train_dir, "steps=40")
     summary = Trainer(cfg, progress=False).train()
-    losses = [r["loss"] for r in read_metrics(cfg.run_dir) if "loss" in r]
+    records = [r for r in read_metrics(cfg.run_dir) if "loss" in r]
+    losses = [r["loss"] for r in records]
     assert len(losses) == 40
+    assert all(r["grad_norm"] > 0 for r in records)  # the log carries each step's gradient norm
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
     assert summary["step"] == 40 and "val/bpp" in summary and summary["val/bpp"] > 0
     saved = json.loads((Path(cfg.run_dir) / "config.json").read_text())
@@ -178,6 +180,46 @@ def test_resume_accepts_a_checkpoint_that_predates_a_new_field(tmp_path, train_d
     assert _config_changes(old, cfg) == ["clip_max_norm"]
     old["clip_max_norm"], old["lr"] = cfg.clip_max_norm, 1.0  # the lr schedule may change on resume
     assert _config_changes(old, cfg) == []
+
+
+def test_a_run_can_end_on_mixed_quantization_and_its_log_says_when(tmp_path, train_dir):
+    """quantization is a change a continuation may make (the same parameters, trained against the
+    rounded latents from here on): the probe still measures the saved weights the same way, the
+    steps after it are the mixed ones, and the "resumed" record names what changed."""
+    from lickd.train import saved_config
+    cfg = config(tmp_path, train_dir, "steps=4", "lr=1e-4")
+    Trainer(cfg, progress=False).train()
+    resumed = Trainer(saved_config(cfg.run_dir, ("steps=6", "quantization=mixed", "lr=3e-5")), resume=True,
+                      progress=False)
+    assert resumed.probe() == pytest.approx(resumed.saved_probe, rel=1e-6)
+    seen = []
+    forward = resumed.model.forward
+    resumed.model.forward = lambda x, quality=None, quantization="noise": seen.append(quantization) or forward(
+        x, quality, quantization)
+    resumed.train_step()
+    assert seen[-1] == "mixed"
+    record, = [r for r in read_metrics(cfg.run_dir) if r.get("event") == "resumed"]
+    assert record["changed"] == {"lr": [1e-4, 3e-5], "quantization": ["noise", "mixed"], "steps": [4, 6]}
+    assert "warning" not in record
+    with pytest.raises(ValueError, match="lmbda"):  # what defines the model still may not change
+        saved_config(cfg.run_dir, ("lmbda=0.5", "quantization=mixed"))
+
+
+def test_a_mixed_run_checkpointed_before_the_noise_probe_resumes_without_a_warning(tmp_path, train_dir):
+    """Checkpoints written before the probe always used noise logged their run's own quantisation's
+    probe (no probe_quantization in their metadata): a resume checks them with that one."""
+    from lickd.train.checkpoint import CHECKPOINT, read_checkpoint, write_tensors
+    cfg = config(tmp_path, train_dir, "steps=4", "quantization=mixed")
+    trainer = Trainer(cfg, progress=False)
+    trainer.train()
+    mixed, noise = trainer.probe("mixed"), trainer.probe()
+    assert mixed != pytest.approx(noise, rel=1e-4)  # the two probes differ: the check can tell them apart
+    tensors, meta = read_checkpoint(cfg.run_dir)
+    assert meta.pop("probe_quantization") == "noise" and meta["probe_rd"] == pytest.approx(noise)
+    write_tensors(tensors, Path(cfg.run_dir) / CHECKPOINT, {**meta, "probe_rd": mixed})  # as an older lickd wrote it
+    Trainer(config(tmp_path, train_dir, "steps=6", "quantization=mixed"), resume=True, progress=False)
+    record = [r for r in read_metrics(cfg.run_dir) if r.get("event") == "resumed"][-1]
+    assert record["probe_rd"] == pytest.approx(mixed, rel=1e-6) and "warning" not in record
 
 
 def test_sigterm_checkpoints_and_stops(tmp_path, train_dir):
@@ -344,6 +386,27 @@ def test_channels_last_trains_the_same_model(tmp_path, train_dir):
         assert float((nhwc[k].grad - p.grad).norm()) <= 1e-4 * float(p.grad.norm()) + 1e-12, k
 
 
+def test_a_step_logs_its_gradient_norm_before_clipping(tmp_path, train_dir):
+    """grad_norm is the total L2 norm of the network's gradients before clip_max_norm scales them
+    (the aux loss's quantiles excluded); a run without clipping logs none."""
+    def network_grads(trainer):  # every gradient of the model but the quantiles', from the model itself
+        return torch.stack([p.grad.double().norm() for n, p in trainer.model.named_parameters()
+                            if not n.endswith("quantiles") and p.grad is not None]).norm()
+
+    trainer = Trainer(config(tmp_path / "wide", train_dir, "clip_max_norm=1e9"), progress=False)
+    stats = trainer.train_step()  # a bound no norm reaches: the gradients stay as they were
+    quantiles = [p for n, p in trainer.model.named_parameters() if n.endswith("quantiles")]
+    assert quantiles and all(p.grad is not None and float(p.grad.norm()) > 0 for p in quantiles)
+    reference = network_grads(trainer)
+    assert float(stats["grad_norm"]) == pytest.approx(float(reference), rel=1e-5)
+    trainer = Trainer(config(tmp_path / "tight", train_dir, "clip_max_norm=1e-3"), progress=False)
+    stats = trainer.train_step()  # the same first step: its norm is logged, its gradients cut to the bound
+    assert float(stats["grad_norm"]) == pytest.approx(float(reference), rel=1e-5)
+    assert float(network_grads(trainer)) == pytest.approx(1e-3, rel=1e-3)
+    trainer = Trainer(config(tmp_path / "none", train_dir, "clip_max_norm=0"), progress=False)
+    assert "grad_norm" not in trainer.train_step()
+
+
 @pytest.mark.parametrize("name", ["teacher", "student", "cpu-pilot"])
 def test_the_configs_the_readme_uses_load_and_are_what_they_say(name):
     cfg = load_config(str(Path(__file__).resolve().parents[1] / "configs" / f"{name}.toml"), ("kd.teacher=t.safetensors",))
@@ -393,6 +456,7 @@ def test_compact_checkpoint_is_smaller_and_continues_from_the_saved_weights(tmp_
     assert resumed.probe() == resumed.saved_probe
     resumed.train()
     records = read_metrics(cfg.run_dir)
+    assert [r["changed"] for r in records if r.get("event") == "resumed"] == [{"steps": [4, 8]}]
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 9))
     spent = [r["cpu_seconds"] for r in records if r.get("event") == "checkpoint"]
     assert spent == sorted(spent) and spent[-1] > 0  # time accumulates across the two sessions

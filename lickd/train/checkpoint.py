@@ -84,20 +84,26 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict, groups: list, pref
 
 #: fields a continued run may change: how long it runs, its data (folder, crop scales), where its
 #: files are, how often it logs, what its checkpoints keep, where and how it runs (device,
-#: precision, memory layout, fused kernels: tested to train the same model) and its learning-rate
-#: schedule from here on. The lr milestones are fractions of ``steps``, so a new ``steps`` moves
-#: them too; the log records the lr of every logged step.
+#: precision, memory layout, fused kernels: tested to train the same model), its learning-rate
+#: schedule from here on, and its quantisation from here on (a run may end on mixed rounding, the
+#: same parameters trained against the latents decoding sees). The lr milestones are fractions of
+#: ``steps``, so a new ``steps`` moves them too; the log records the lr of every logged step, and
+#: its "resumed" record every field a continuation changed.
 RESUMABLE_CHANGES = {"steps", "data", "crop_scale", "val_data", "val_images", "run_dir", "device", "log_every",
                      "val_every", "ckpt_every", "tensorboard", "name", "optimizer_state", "lr", "lr_milestones",
-                     "lr_gamma", "amp", "channels_last", "fused"}
+                     "lr_gamma", "amp", "channels_last", "fused", "quantization"}
+
+
+def _as_saved(saved: dict, cfg: TrainConfig) -> tuple[dict, dict, dict]:
+    """A checkpoint's config, ``cfg`` and the defaults, each as JSON would store it (tuples as
+    lists), so that a field the checkpoint predates can count as its default value."""
+    return tuple(json.loads(json.dumps(d)) for d in (saved, cfg.to_dict(), TrainConfig().to_dict()))
 
 
 def config_changes(saved: dict, cfg: TrainConfig) -> list[str]:
     """Fields that differ between a checkpoint's config and ``cfg``, but for RESUMABLE_CHANGES (a
     run can be extended, moved, ...); a field the checkpoint predates counts as its default value."""
-    from .config import TrainConfig as Defaults
-
-    saved, now, defaults = (json.loads(json.dumps(d)) for d in (saved, cfg.to_dict(), Defaults().to_dict()))
+    saved, now, defaults = _as_saved(saved, cfg)
     changed = []
     for key in sorted(set(now) - RESUMABLE_CHANGES):
         if isinstance(now[key], dict):
@@ -106,6 +112,15 @@ def config_changes(saved: dict, cfg: TrainConfig) -> list[str]:
         elif saved.get(key, defaults[key]) != now[key]:
             changed.append(key)
     return changed
+
+
+def resumed_changes(saved: dict, cfg: TrainConfig) -> dict[str, list]:
+    """``{field: [saved value, new value]}`` for the RESUMABLE_CHANGES a continuation makes, what
+    its "resumed" log record keeps; run_dir is left out (a folder moves with every fresh clone),
+    the data folders are not (another training set is a change to the recipe)."""
+    saved, now, defaults = _as_saved(saved, cfg)
+    return {key: [saved.get(key, defaults[key]), now[key]] for key in sorted(RESUMABLE_CHANGES - {"run_dir"})
+            if saved.get(key, defaults[key]) != now[key]}
 
 
 def saved_config(run_dir: os.PathLike, overrides: tuple[str, ...] = ()) -> TrainConfig:
@@ -167,5 +182,5 @@ def run_model_info(cfg: TrainConfig, model: CompressionModel, step: int, world: 
 
 
 __all__ = ["CHECKPOINT", "EXPORT", "RESUMABLE_CHANGES", "config_changes", "export_run", "exported_model", "load_optimizer",
-           "optimizer_tensors", "read_checkpoint", "read_tensors", "run_model_info", "saved_config",
+           "optimizer_tensors", "read_checkpoint", "read_tensors", "resumed_changes", "run_model_info", "saved_config",
            "write_tensors"]
