@@ -99,7 +99,6 @@ class Trainer:
         self.cpu_seconds = self.wall_seconds = 0.0  # spent on this run so far, all sessions together
         self._clock = (time.process_time(), time.time())
         self.saved_probe: Optional[float] = None  # the probe loss the resumed checkpoint logged
-        self.saved_probe_quantization = "noise"  # and the quantisation that probe used
 
         # Data: crops differ per rank; noise too.
         self.data = ImageFolder(cfg.data, cfg.patch_size, self.device)
@@ -285,7 +284,6 @@ class Trainer:
         self.cpu_seconds, self.wall_seconds = float(meta.get("cpu_seconds", 0)), float(meta.get("wall_seconds", 0))
         self._clock = (time.process_time(), time.time())
         self.saved_probe = meta.get("probe_rd")
-        self.saved_probe_quantization = meta.get("probe_quantization", meta["config"].get("quantization", "noise"))
         rng = part("rng")
         if not rng or not self.is_main:  # other ranks (and checkpoints before the merge): their own file
             rng, rng_meta = read_tensors(self._rng_path(self.rank))
@@ -295,9 +293,11 @@ class Trainer:
         self.sampler.set_state(rng["sampler"])
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
-        self._continue_log(resumed_changes(meta["config"], self.cfg))
+        # the quantisation the saved probe used (checkpoints before probe_quantization: the run's own)
+        probe_quantization = meta.get("probe_quantization", meta["config"].get("quantization", "noise"))
+        self._continue_log(resumed_changes(meta["config"], self.cfg), probe_quantization)
 
-    def _continue_log(self, changes: dict) -> None:
+    def _continue_log(self, changes: dict, probe_quantization: str) -> None:
         """On resume: the log keeps what led to the checkpoint (steps logged after it, by a run
         that stopped without one, are dropped, as their training is), and a "resumed" record
         compares the probe of the loaded weights with the one the checkpoint saved (another CPU
@@ -310,7 +310,7 @@ class Trainer:
             kept = [line for line in log.read_text().splitlines(keepends=True)
                     if line.strip() and json.loads(line).get("step", 0) <= self.step]
             log.write_text("".join(kept))
-        probe = self.probe(self.saved_probe_quantization)
+        probe = self.probe(probe_quantization)
         record = {"event": "resumed", "probe_rd": probe, "saved_probe_rd": self.saved_probe}
         if changes:
             record["changed"] = changes
