@@ -1,4 +1,5 @@
-"""Build script: the Python packages plus the C++ rANS coder (lickd._rans).
+"""Build script: the Python packages plus the C++ rANS coder (lickd._rans) and the integer
+convolutions of the exact entropy parameters (lickd._intconv).
 
 `kernels/` ships as `lickd.kernels` (Triton kernels; never a top-level `kernels` module).
 The CUDA decoder (csrc/*.cu) is compiled into the same module when nvcc and CUDA's static runtime
@@ -71,7 +72,16 @@ ext_modules = [
         cxx_std=17,
         extra_compile_args=["-O3"],
         extra_link_args=["-pthread"],
-    )
+    ),
+    # the integer convolutions of the exact entropy parameters (AVX2 chosen at run time)
+    Pybind11Extension(
+        "lickd._intconv",
+        [os.path.join("csrc", f) for f in ("int_conv_bindings.cpp", "int_conv.cpp")],
+        include_dirs=["csrc"],
+        cxx_std=17,
+        extra_compile_args=["-O3"],
+        extra_link_args=["-pthread"],
+    ),
 ]
 
 # lickd/zoo/weights holds data only (no __init__.py): named here so setuptools ships it as package data

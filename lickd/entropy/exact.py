@@ -38,6 +38,16 @@ its time and run near oneDNN's convolution speed; an im2col-free variant (one GE
 on a shifted view of the padded input, blocks summed in int32: the same bits) measured no faster
 on that CPU (46-75 ms against 46-72 ms per Kodak image, 2 threads, interleaved) and was dropped.
 
+**On CPUs with AVX2** the same sums run in C++ (``lickd._intconv``, ``csrc/int_conv.cpp``,
+through ``lickd.layers.int_conv``): int16 activations (channels last, zero-padded) times
+int16-stored 8-bit weights with ``vpmaddwd``, summed in int32 (at most 127 * 1023 * 16,529 in
+magnitude: exact in any order), without im2col or blocks, each transposed convolution's phases
+written straight into its output, and the same float64 finish. The bits are those of the
+float32-GEMM path (tested on both architectures' h_s, 24 transposed-convolution geometries and
+the int32 limit); on the 2-vCPU AVX2 VM, h_s for a Kodak image takes 34-36 ms there against
+53 ms, CompressAI's inexact float h_s 32-35 ms in the same run (docs/architecture.md). GPUs, and
+CPUs without AVX2, keep the GEMMs.
+
 **Version 1** (files coded before version 2; still decoded): float64 on a fixed point grid:
 
 * weights are rounded to multiples of 2^-WEIGHT_BITS, activations (the input included) to
@@ -63,6 +73,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..layers import int_conv
 from ..layers.convolution import parameters_key, plain_layer_type
 
 ACT_BITS = 14
@@ -251,6 +262,8 @@ class _LayerV2:
 
     def __init__(self, m: nn.Module, device: torch.device):
         w = m.weight.detach().to(device, torch.float64)
+        if not bool(torch.isfinite(w).all()) or m.bias is not None and not bool(torch.isfinite(m.bias).all()):
+            raise ValueError(f"{type(m).__name__} has non-finite weights: no exact evaluation")
         self.transposed = isinstance(m, nn.ConvTranspose2d)
         out_dim = 1 if self.transposed else 0
         other = tuple(d for d in range(4) if d != out_dim)
@@ -263,17 +276,14 @@ class _LayerV2:
         self.out_channels = m.out_channels
         self.stride, self.padding, self.kernel_size = m.stride, m.padding, m.kernel_size
         self.output_padding = getattr(m, "output_padding", (0, 0))
+        #: the same sums in lickd._intconv's int32 kernels (CPUs where it runs; _use_native)
+        self.int_layer = int_conv.IntLayer(m, self.transposed, w_int, self.w_steps, self.bias) \
+            if device.type == "cpu" and int_conv.available() else None
         if not self.transposed:  # [Cout, Cin, kh, kw] -> [Cout, Cin*kh*kw], unfold's order
             self.blocks = _split(w_int.reshape(w_int.size(0), -1))
             return
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        self.phases = []
-        for qh in range(sh):
-            for qw in range(sw):
-                taps_h, taps_w = list(range(qh, kh, sh))[::-1], list(range(qw, kw, sw))[::-1]
-                if taps_h and taps_w:  # kernel[o, i, a, b] = w[i, o, taps_h[a], taps_w[b]]
-                    sub = w_int[:, :, taps_h][:, :, :, taps_w].permute(1, 0, 2, 3)
-                    self.phases.append((qh, qw, len(taps_h), len(taps_w), _split(sub.reshape(sub.size(0), -1))))
+        self.phases = [(qh, qw, sub.size(2), sub.size(3), _split(sub.reshape(sub.size(0), -1)))
+                       for qh, qw, sub in int_conv.transposed_phases(w_int, self.stride)]
 
     def _finish(self, sums: Tensor, a_steps: Tensor) -> Tensor:
         """float32(sums * a_step * w_step + bias): the scaling exact (powers of two), the bias
@@ -286,21 +296,18 @@ class _LayerV2:
         image ``a_steps``), over blocks of rows of at most V2_BLOCK_BYTES, the GEMMs in ``dtype``."""
         bsz, cin, h, w = a.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        oh, ow = int_conv.output_size((h, w), self)
         if not self.transposed:
-            oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
             out = torch.empty(bsz, self.out_channels, oh, ow, dtype=torch.float32, device=a.device)
             self._conv(F.pad(a, (pw, pw, ph, ph)), self.blocks, (kh, kw), (sh, sw), (0, oh), (0, ow), a_steps,
                        out, (0, 0), (1, 1), dtype)
             return out
-        oh = (h - 1) * sh - 2 * ph + kh + self.output_padding[0]
-        ow = (w - 1) * sw - 2 * pw + kw + self.output_padding[1]
         out = torch.empty(bsz, self.out_channels, oh, ow, dtype=torch.float32, device=a.device)
         out.copy_(self._finish(torch.zeros(bsz, self.out_channels, 1, 1, dtype=torch.float64, device=a.device),
                                a_steps).expand_as(out))  # outputs no tap reaches (none for k >= s)
         for qh, qw, mh, mw, blocks in self.phases:
             # this phase's outputs: o = s * n + q - p for n in [n0, n1], from inputs n - m
-            n0h, n1h = -((qh - ph) // sh), (oh - 1 + ph - qh) // sh
-            n0w, n1w = -((qw - pw) // sw), (ow - 1 + pw - qw) // sw
+            (n0h, n1h), (n0w, n1w) = int_conv.phase_range(qh, ph, sh, oh), int_conv.phase_range(qw, pw, sw, ow)
             if n1h < n0h or n1w < n0w:
                 continue
             padded = F.pad(a, (mw - 1, max(0, n1w + 1 - w), mh - 1, max(0, n1h + 1 - h)))
@@ -341,9 +348,44 @@ def _to_activation_grid(v: Tensor) -> tuple[Tensor, Tensor]:
     return ints, steps
 
 
+def _use_native(compiled: dict, x: Tensor) -> bool:
+    """lickd._intconv runs version 2 on CPU tensors where it has a vector kernel for this CPU (its
+    plain C++ fallback is slower than the float32 GEMMs) and every layer's reductions fit its
+    int32 sums (they do for every h_s lickd builds)."""
+    return x.device.type == "cpu" and int_conv.available() and all(
+        layer.int_layer is not None and layer.int_layer.reduction <= int_conv.native.MAX_REDUCTION
+        for layer in compiled.values())
+
+
+def _exact_v2_native(seq: nn.Sequential, x: Tensor, compiled: dict) -> Tensor:
+    """``_exact_v2`` through lickd._intconv: channels last between layers, the same bits."""
+    threads = torch.get_num_threads()
+    one = torch.ones((), dtype=torch.float32)
+    # a copy, channels last (changed in place below; x itself is never touched)
+    v = x.detach().float().permute(0, 2, 3, 1).clone(memory_format=torch.contiguous_format)
+    for i, m in enumerate(seq):
+        if i in compiled:  # nan_to_num in place, then each image's max |v| (exact in any order)
+            absmax = int_conv.sanitize_absmax(v, threads)
+            v = compiled[i].int_layer(v, _pow2_steps(absmax, V2_ACT_MAX), threads)
+        elif isinstance(m, nn.ReLU):
+            v = F.relu_(v)
+        else:  # the GEMM path's one float32 multiplication (by 1 for the others: exact)
+            v.mul_(torch.where(v < 0, torch.tensor(m.negative_slope, dtype=torch.float32), one))
+    return v.permute(0, 3, 1, 2).contiguous()
+
+
+def v2_kernel(device: torch.device) -> str:
+    """What computes version 2's sums on ``device`` here (for benchmark records)."""
+    if device.type == "cpu" and int_conv.available():
+        return f"int32 sums (lickd._intconv, {int_conv.native.best_isa()})"
+    return "float32 GEMMs" if float32_gemm_is_exact(device) else "float64 GEMMs"
+
+
 def _exact_v2(seq: nn.Sequential, x: Tensor) -> Tensor:
     layers = list(seq)
     compiled = _compiled(seq, x.device, "_lickd_exact_cache_v2", _LayerV2)
+    if _use_native(compiled, x):
+        return _exact_v2_native(seq, x, compiled)
     dtype = torch.float32 if float32_gemm_is_exact(x.device) else torch.float64
     one = torch.ones((), dtype=torch.float32, device=x.device)
     v = x.detach().float().clone()  # changed in place below

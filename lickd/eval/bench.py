@@ -152,16 +152,20 @@ def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
 
 
 def fast_path(codec) -> dict:
-    """What a codec's transforms run with: memory format, glibc allocator retention (CPU), threads."""
+    """What a codec's transforms run with: memory format, glibc allocator retention (CPU), threads,
+    and the kernel of the exact entropy parameters."""
     from ..cpu import retention_applied
+    from ..entropy.exact import v2_kernel
 
     w = codec.model.g_a[0].weight
     layout = "channels_last" if w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() \
         else "contiguous"
     retained = retention_applied() if codec.device.type == "cpu" else None
     threads = torch.get_num_threads()
-    return {"layout": layout, "malloc_retention": retained, "threads": threads,
-            "summary": f"{layout}, {threads} threads" + (", glibc malloc retention" if retained else "")}
+    exact = v2_kernel(codec.device)
+    return {"layout": layout, "malloc_retention": retained, "threads": threads, "exact_h_s": exact,
+            "summary": f"{layout}, {threads} threads" + (", glibc malloc retention" if retained else "")
+            + f", exact h_s: {exact}"}
 
 
 def benchmark(codec, image: np.ndarray, repeats: int = 10, warmup: int = 2) -> dict:
