@@ -44,10 +44,12 @@ def test_committed_run_continues_from_its_logged_state(run, tmp_path):
     # the weights are the ones that were saved (to float rounding of another CPU)
     assert trainer.probe() == pytest.approx(trainer.saved_probe, rel=1e-3)
     losses = [float(trainer.train_step()["loss"]) for _ in range(3)]
-    recent = [r["loss"] for r in records if "loss" in r and r["step"] > step - 1000]
-    # one step's loss swings with its crops (and a variable-rate run's qualities): the same order
-    # of magnitude as what the run logged, not a restart from scratch
+    recent = [r["loss"] for r in records if "loss" in r and step - 5000 < r["step"] <= step]
+    # one step's loss swings with its crops, and a variable-rate run's ~10x with its qualities (three
+    # steps of q1 crops against the ten losses logged over 1,000 steps, mostly q8 ones, failed a
+    # bound on the means): within the range the run logged over its last 5,000 steps, not a
+    # restart from scratch (hundreds)
     assert np.isfinite(losses).all()
-    assert 0.2 * np.mean(recent) < np.mean(losses) < 5 * np.mean(recent), (losses, recent)
+    assert 0.5 * min(recent) < np.mean(losses) < 2 * max(recent), (losses, recent)
     # and the three steps did not throw the model off: the probe moves by little
     assert trainer.probe() == pytest.approx(trainer.saved_probe, rel=0.05)

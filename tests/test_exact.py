@@ -461,6 +461,21 @@ def test_reductions_past_the_int32_bound_take_the_gemm_path(monkeypatch):
     assert counter.calls == 0
 
 
+@needs_native
+def test_large_outputs_take_the_gemm_path_in_bounded_memory(monkeypatch):
+    """Past NATIVE_MAX_OUTPUT_BYTES of h_s output the GEMM path (blocks of rows) runs: the same
+    bits, without the native path's whole-layer buffers."""
+    counter = _use_path("native", monkeypatch)
+    model = _trained_like(build_model("mbt2018-mean", 16, 24)).eval()
+    z = torch.randn(1, 16, 4, 6).mul(4).round()  # output: 48 channels x 16 x 24 positions, 72 KB
+    with torch.no_grad():
+        small = exact_sequential(model.h_s, z, 2)
+        assert counter.calls > 0
+        counter.calls = 0
+        monkeypatch.setattr(exact_module, "NATIVE_MAX_OUTPUT_BYTES", 48 * 16 * 24 * 4 - 1)
+        assert torch.equal(exact_sequential(model.h_s, z, 2), small) and counter.calls == 0
+
+
 def test_a_negative_slope_and_the_callers_tensor_are_kept_bit_for_bit(v2_path):
     """LeakyReLU with a negative slope keeps +0 as +0 on both paths (sign bits compared), and the
     caller's latent (channels_last here, as the CPU codec holds it; NaN and inf included) is

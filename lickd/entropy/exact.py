@@ -348,13 +348,28 @@ def _to_activation_grid(v: Tensor) -> tuple[Tensor, Tensor]:
     return ints, steps
 
 
-def _use_native(compiled: dict, x: Tensor) -> bool:
+#: the native path holds each layer's input, integers and output whole; past this many bytes of
+#: output (~16 MP images for an N=64/M=192 mean-scale h_s) the GEMM path, which works over blocks
+#: of rows, runs instead: a 24 MP decode peaked at 2.07 GB of RSS with the native path against
+#: 1.91 GB with the GEMMs (2-vCPU AVX2 VM, one session). The bits are the same either way.
+NATIVE_MAX_OUTPUT_BYTES = 96 << 20
+
+
+def _use_native(compiled: dict, seq: nn.Sequential, x: Tensor) -> bool:
     """lickd._intconv runs version 2 on CPU tensors where it has a vector kernel for this CPU (its
-    plain C++ fallback is slower than the float32 GEMMs) and every layer's reductions fit its
-    int32 sums (they do for every h_s lickd builds)."""
-    return x.device.type == "cpu" and int_conv.available() and all(
-        layer.int_layer is not None and layer.int_layer.reduction <= int_conv.native.MAX_REDUCTION
-        for layer in compiled.values())
+    plain C++ fallback is slower than the float32 GEMMs), every layer's reductions fit its int32
+    sums (they do for every h_s lickd builds) and the output is at most NATIVE_MAX_OUTPUT_BYTES."""
+    if x.device.type != "cpu" or not int_conv.available() or not all(
+            layer.int_layer is not None and layer.int_layer.reduction <= int_conv.native.MAX_REDUCTION
+            for layer in compiled.values()):
+        return False
+    size, channels = x.size(0) * x.size(2) * x.size(3), x.size(1)
+    for i in sorted(compiled):  # output positions grow by stride^2 per transposed layer
+        layer = compiled[i]
+        sh, sw = layer.stride
+        size = size * sh * sw if layer.transposed else -(-size // (sh * sw))
+        channels = layer.out_channels
+    return 4 * size * channels <= NATIVE_MAX_OUTPUT_BYTES
 
 
 def _exact_v2_native(seq: nn.Sequential, x: Tensor, compiled: dict) -> Tensor:
@@ -384,7 +399,7 @@ def v2_kernel(device: torch.device) -> str:
 def _exact_v2(seq: nn.Sequential, x: Tensor) -> Tensor:
     layers = list(seq)
     compiled = _compiled(seq, x.device, "_lickd_exact_cache_v2", _LayerV2)
-    if _use_native(compiled, x):
+    if _use_native(compiled, seq, x):
         return _exact_v2_native(seq, x, compiled)
     dtype = torch.float32 if float32_gemm_is_exact(x.device) else torch.float64
     one = torch.ones((), dtype=torch.float32, device=x.device)
