@@ -109,12 +109,19 @@ def test_phase_form_of_a_transposed_convolution_matches_float64(cin, cout, k, s,
         direct = conv_module.phase_conv_transpose(x, kernel, bias, stride, pads)
     assert out.shape == ref.shape == (2, cout, s * h, s * w) and out.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(out, direct)  # the module took the phase form
-    assert torch.allclose(out.double(), ref, rtol=1e-5, atol=1e-5), float((out.double() - ref).abs().max())
+
+    def close(got, weight):
+        """Within float32 rounding of a sum of up to cin*k*k terms: 4e-5 of the sum of their |.|
+        (a fixed rtol of 1e-5 failed at cin=64 with LICKD_TEST_SEED=3024611917: 1e-4 on |8|)."""
+        size = torch.nn.functional.conv_transpose2d(x.double().abs(), weight.double().abs(), None, s, p, op)
+        return bool(((got.double() - ref).abs() <= 4e-5 * size + 1e-6).all())
+
+    assert close(out, m.weight), float((out.double() - ref).abs().max())
     with torch.no_grad():  # new parameters (replaced or changed in place): the phase kernel follows
         m.bias = torch.nn.Parameter(m.bias + 1)
         m.weight.mul_(2)
         ref = torch.nn.functional.conv_transpose2d(x.double(), m.weight.double(), m.bias.double(), s, p, op)
-        assert torch.allclose(m(x).double(), ref, rtol=1e-5, atol=1e-5)
+        assert close(m(x), m.weight)
 
 
 def test_transposed_convolution_keeps_pytorchs_path_elsewhere(rng):
