@@ -375,22 +375,29 @@ def _use_native(compiled: dict, seq: nn.Sequential, x: Tensor) -> bool:
 def _exact_v2_native(seq: nn.Sequential, x: Tensor, compiled: dict) -> Tensor:
     """``_exact_v2`` through lickd._intconv: channels last between layers, the same bits."""
     threads = torch.get_num_threads()
-    one = torch.ones((), dtype=torch.float32)
     # a copy, channels last (changed in place below; x itself is never touched)
     v = x.detach().float().permute(0, 2, 3, 1).clone(memory_format=torch.contiguous_format)
     for i, m in enumerate(seq):
         if i in compiled:  # nan_to_num in place, then each image's max |v| (exact in any order)
             absmax = int_conv.sanitize_absmax(v, threads)
             v = compiled[i].int_layer(v, _pow2_steps(absmax, V2_ACT_MAX), threads)
-        elif isinstance(m, nn.ReLU):
-            v = F.relu_(v)
-        else:  # the GEMM path's one float32 multiplication (by 1 for the others: exact)
-            v.mul_(torch.where(v < 0, torch.tensor(m.negative_slope, dtype=torch.float32), one))
+        else:
+            v = _activation_(m, v)
     return v.permute(0, 3, 1, 2).contiguous()
 
 
+def _activation_(m: nn.Module, v: Tensor) -> Tensor:
+    """ReLU, or LeakyReLU as one float32 multiplication of the negative values (by 1 for the
+    others: exact; +0 stays +0 whatever the slope's sign), in place on ``v``: both paths' bits."""
+    if isinstance(m, nn.ReLU):
+        return F.relu_(v)
+    slope = torch.tensor(m.negative_slope, dtype=torch.float32, device=v.device)
+    return v.mul_(torch.where(v < 0, slope, torch.ones((), dtype=torch.float32, device=v.device)))
+
+
 def v2_kernel(device: torch.device) -> str:
-    """What computes version 2's sums on ``device`` here (for benchmark records)."""
+    """What computes version 2's sums on ``device`` here for images up to NATIVE_MAX_OUTPUT_BYTES
+    of h_s output, such as Kodak's (for benchmark records; larger ones keep the GEMMs)."""
     if device.type == "cpu" and int_conv.available():
         return f"int32 sums (lickd._intconv, {int_conv.native.best_isa()})"
     return "float32 GEMMs" if float32_gemm_is_exact(device) else "float64 GEMMs"
@@ -402,7 +409,6 @@ def _exact_v2(seq: nn.Sequential, x: Tensor) -> Tensor:
     if _use_native(compiled, seq, x):
         return _exact_v2_native(seq, x, compiled)
     dtype = torch.float32 if float32_gemm_is_exact(x.device) else torch.float64
-    one = torch.ones((), dtype=torch.float32, device=x.device)
     v = x.detach().float().clone()  # changed in place below
     for i, m in enumerate(layers):
         if i in compiled:
@@ -410,11 +416,8 @@ def _exact_v2(seq: nn.Sequential, x: Tensor) -> Tensor:
             del v  # only its integers are needed now
             v = compiled[i](ints, steps, dtype)
             del ints
-        elif isinstance(m, nn.ReLU):
-            v = F.relu_(v)
-        else:  # one float32 multiplication of the negative values (by 1 for the others: exact)
-            slope = torch.tensor(m.negative_slope, dtype=torch.float32, device=v.device)
-            v.mul_(torch.where(v < 0, slope, one))
+        else:
+            v = _activation_(m, v)
     return v
 
 

@@ -78,7 +78,7 @@ class IntLayer:
 
     def __init__(self, m: nn.Module, transposed: bool, w_int: Tensor, w_steps: Tensor, bias: Tensor):
         self.transposed = transposed
-        self.out_channels, self.in_channels = m.out_channels, m.in_channels
+        self.out_channels = m.out_channels
         self.kernel_size, self.stride, self.padding = m.kernel_size, m.stride, m.padding
         self.output_padding = getattr(m, "output_padding", (0, 0))
         self.bias = bias.cpu().to(torch.float64)
